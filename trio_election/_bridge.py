@@ -1,0 +1,295 @@
+"""The one place where asyncio meets Trio.
+
+grpclib is asyncio-only; trio-election is a Trio program. This module hosts
+grpclib inside Trio through trio-asyncio and is the only module that imports
+asyncio, trio_asyncio or grpclib's transport internals. Everything else sees:
+
+* :func:`asyncio_loop`, which opens one trio-asyncio loop (or reuses the one
+  already open) with a logging exception handler;
+* :class:`GrpcServer`, a grpclib server that starts on a port (0 for any) and
+  shuts down gracefully;
+* :class:`Waiter` and :class:`MessageQueue`, the synchronous-callback
+  primitives by which Trio code wakes asyncio handlers (``put_nowait`` style:
+  no hop into Trio per message);
+* :func:`recv_request`, which reads one request with a size limit;
+* :func:`call`, :class:`Channel` and stream helpers for the client library.
+
+Pitfalls handled here (DESIGN.md, "Known pitfalls of this stack"):
+trio-asyncio's default exception handler re-raises what asyncio would only
+log, so one malformed HTTP/2 frame could stop the node: we log instead, and
+we ignore unknown frame types as RFC 7540 section 4.1 requires. grpclib's
+``Server.close()`` leaves connections open: :meth:`GrpcServer.shutdown`
+closes every transport itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
+
+import grpclib.client
+import grpclib.protocol
+import grpclib.server
+import h2.events
+import trio
+import trio_asyncio
+from google.protobuf.message import DecodeError
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+log = logging.getLogger("trio_election.grpc")
+
+#: Largest request the server reads (a request is at most ~5 KiB when valid).
+MAX_REQUEST_BYTES = 64 * 1024
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "Channel",
+    "GRPCError",
+    "GrpcServer",
+    "MessageQueue",
+    "Status",
+    "StreamTerminatedError",
+    "Waiter",
+    "asyncio_loop",
+    "end_streams",
+    "recv_request",
+]
+
+
+def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # asyncio's own default only logs; trio-asyncio's re-raises, which would
+    # take the whole node down for one bad connection.
+    exc = context.get("exception")
+    log.warning("asyncio: %s", context.get("message", "error"), exc_info=exc)
+
+
+@contextlib.asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[None]:
+    """Make sure an asyncio loop runs inside this Trio run (open one if none is)."""
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(_log_loop_exception)
+        yield
+
+
+# -- server -------------------------------------------------------------------
+
+
+class _Protocol(grpclib.protocol.H2Protocol):
+    """grpclib's HTTP/2 protocol, which ignores unknown frame types."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.processor.processors[h2.events.UnknownFrameReceived] = lambda event: None
+
+
+class _Server(grpclib.server.Server):
+    """grpclib's server that remembers its connections, so it can close them."""
+
+    def __init__(self, handlers: Collection[Any]) -> None:
+        super().__init__(handlers)
+        self.protocols: weakref.WeakSet[_Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> _Protocol:
+        self.__gc_step__()
+        handler = grpclib.server.Handler(
+            self._mapping, self._codec, self._status_details_codec, self.__dispatch__
+        )
+        self._handlers.add(handler)
+        protocol = _Protocol(handler, self._config, self._h2_config)
+        self.protocols.add(protocol)
+        return protocol
+
+
+class GrpcServer:
+    """A grpclib server inside Trio. Use it inside :func:`asyncio_loop`."""
+
+    def __init__(self, handlers: Collection[Any]) -> None:
+        self._server = _Server(handlers)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` and return the bound port (useful with port 0)."""
+        await trio_asyncio.aio_as_trio(self._server.start)(host, port, reuse_address=True)
+        sockets = self._server._server.sockets  # the asyncio server's
+        return sockets[0].getsockname()[1]
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; calls in progress go on."""
+        self._server._server.close()
+
+    def connections(self) -> int:
+        """How many client connections are open."""
+        return sum(1 for p in self._server.protocols if hasattr(p.connection, "_transport"))
+
+    async def close(self) -> None:
+        """Cancel every call in progress and close every connection."""
+        self._server.close()
+        for protocol in list(self._server.protocols):
+            protocol.processor.close("server shutting down")
+        await trio_asyncio.aio_as_trio(self._server.wait_closed)()
+
+
+async def recv_request(stream: grpclib.server.Stream) -> Any:
+    """Read one message from ``stream``, refusing oversized or undecodable input.
+
+    Returns None at the end of a client stream.
+
+    Raises:
+        GRPCError: RESOURCE_EXHAUSTED over :data:`MAX_REQUEST_BYTES` (before the
+            body is read), INVALID_ARGUMENT when the bytes do not decode.
+    """
+    raw = stream._stream
+    header = await raw.recv_data(5)
+    if not header:
+        return None
+    if len(header) < 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: truncated message header")
+    if header[0]:
+        raise GRPCError(Status.UNIMPLEMENTED, "request: compressed messages are not supported")
+    size = int.from_bytes(header[1:5], "big")
+    if size > MAX_REQUEST_BYTES:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"request: message of {size} bytes is over the limit of {MAX_REQUEST_BYTES} bytes",
+        )
+    data = await raw.recv_data(size)
+    if len(data) != size:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: truncated message")
+    try:
+        return stream._recv_type.FromString(data)
+    except DecodeError as exc:
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"request: not a valid {stream._recv_type.__name__}: {exc}"
+        ) from None
+
+
+async def end_streams(streams: Collection[grpclib.server.Stream], error: GRPCError) -> None:
+    """End each open server stream now with ``error``'s status and message."""
+
+    async def end(stream: grpclib.server.Stream) -> None:
+        with contextlib.suppress(Exception):
+            await stream.send_trailing_metadata(status=error.status, status_message=error.message)
+
+    for stream in list(streams):
+        await trio_asyncio.aio_as_trio(end)(stream)
+
+
+class Waiter:
+    """A one-shot result that Trio code sets and one asyncio handler awaits."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+
+    @property
+    def done(self) -> bool:
+        return self._future.done()
+
+    def set(self, value: Any = None) -> None:
+        if not self._future.done():
+            self._future.set_result(value)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+
+    async def wait(self) -> Any:
+        """Await the result (from an asyncio handler)."""
+        return await asyncio.shield(self._future)
+
+
+class MessageQueue:
+    """A bounded queue fed synchronously from Trio, read by one asyncio handler.
+
+    ``put_nowait`` returns False when the queue is full, so a slow reader can be
+    dropped instead of slowing the writer or growing without bound.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+
+    def put_nowait(self, item: Any) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def force(self, item: Any) -> None:
+        """Put ``item`` even if full, dropping the oldest (for a final sentinel)."""
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(item)
+
+    async def get(self) -> Any:
+        return await self._queue.get()
+
+
+# -- client -------------------------------------------------------------------
+
+
+class Channel:
+    """A grpclib channel to one endpoint, used from Trio.
+
+    Args:
+        host: The endpoint's host.
+        port: The endpoint's port.
+        stub_factory: The generated stub class, e.g. ``LeaderElectionStub``.
+    """
+
+    def __init__(self, host: str, port: int, stub_factory: Callable[[Any], Any]) -> None:
+        self._channel = grpclib.client.Channel(host, port)
+        self.stub = stub_factory(self._channel)
+
+    async def unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        """Call a unary method of the stub; raises GRPCError or OSError."""
+        return await trio_asyncio.aio_as_trio(method)(request, timeout=timeout)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: Any, timeout: float | None = None) -> AsyncIterator[_Stream]:
+        """Open a streaming call; yields an object with ``send``, ``recv`` and ``end``."""
+        cm = method.open(timeout=timeout)
+        stream = await trio_asyncio.aio_as_trio(cm.__aenter__)()
+        try:
+            yield _Stream(stream)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await trio_asyncio.aio_as_trio(stream.cancel)()
+                    await trio_asyncio.aio_as_trio(cm.__aexit__)(type(exc), exc, exc.__traceback__)
+            raise
+        else:
+            wrapped = _Stream(stream)
+            if not stream._end_done:
+                await wrapped.end()
+            await trio_asyncio.aio_as_trio(cm.__aexit__)(None, None, None)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _Stream:
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    async def send(self, message: Any, *, end: bool = False) -> None:
+        await trio_asyncio.aio_as_trio(self._stream.send_message)(message, end=end)
+
+    async def end(self) -> None:
+        await trio_asyncio.aio_as_trio(self._stream.end)()
+
+    async def recv(self) -> Any:
+        """The next message, or None at the end of the stream."""
+        return await trio_asyncio.aio_as_trio(self._stream.recv_message)()

@@ -1,0 +1,42 @@
+"""The errors of trio-election, one small tree under :class:`ElectionError`.
+
+The server maps each of them to a gRPC status in exactly one place
+(``server/_status.py``); the client maps statuses back to them.
+"""
+
+from __future__ import annotations
+
+
+class ElectionError(Exception):
+    """Base class of every error trio-election raises on purpose."""
+
+
+class InvalidArgument(ElectionError):
+    """Raised when a request field breaks a documented limit.
+
+    Attributes:
+        field: The name of the offending field, as in the proto.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unavailable(ElectionError):
+    """Raised when a node cannot answer safely now but may later.
+
+    Examples: an in-memory node in its start-up grace, a cluster without quorum,
+    or (in the client) no endpoint answering.
+    """
+
+
+class Superseded(ElectionError):
+    """Raised to a waiting Campaign when a newer Campaign for the same
+    election and node_id took its place in the queue."""
+
+
+class LeadershipLost(ElectionError):
+    """Raised by the client library when leadership ends for any reason other
+    than the body finishing: heartbeats stopped succeeding in time, or the
+    server answered that someone else holds the election."""

@@ -1,0 +1,57 @@
+"""Limits on client input, checked once at the edge (DESIGN.md, "Bad input")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._errors import InvalidArgument
+
+MAX_NAME_BYTES = 256
+MAX_VALUE_BYTES = 4096
+MIN_TTL_MS = 100
+DEFAULT_MAX_TTL_MS = 60_000
+MAX_MAX_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits one node enforces; ``max_ttl_ms`` comes from ``--max-ttl``."""
+
+    max_ttl_ms: int = DEFAULT_MAX_TTL_MS
+
+    def __post_init__(self) -> None:
+        if not MIN_TTL_MS <= self.max_ttl_ms <= MAX_MAX_TTL_MS:
+            raise ValueError(
+                f"max TTL must be between {MIN_TTL_MS} ms and {MAX_MAX_TTL_MS} ms "
+                f"(24 h), not {self.max_ttl_ms} ms"
+            )
+
+    def name(self, field: str, value: str) -> str:
+        """Check an election name or node_id: 1..256 UTF-8 bytes, no control characters."""
+        if not value:
+            raise InvalidArgument(field, "must not be empty")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_NAME_BYTES:
+            raise InvalidArgument(field, f"is {size} bytes, the limit is {MAX_NAME_BYTES}")
+        for position, char in enumerate(value):
+            code = ord(char)
+            if code < 0x20 or 0x7F <= code < 0xA0:
+                raise InvalidArgument(
+                    field, f"has a control character (U+{code:04X}) at position {position}"
+                )
+        return value
+
+    def ttl(self, field: str, ttl_ms: int) -> int:
+        """Check a TTL in milliseconds against ``MIN_TTL_MS .. max_ttl_ms``."""
+        if not MIN_TTL_MS <= ttl_ms <= self.max_ttl_ms:
+            raise InvalidArgument(
+                field,
+                f"{ttl_ms} ms is outside {MIN_TTL_MS} ms .. {self.max_ttl_ms} ms (--max-ttl)",
+            )
+        return ttl_ms
+
+    def value(self, field: str, value: bytes) -> bytes:
+        """Check an opaque holder value: at most 4 KiB."""
+        if len(value) > MAX_VALUE_BYTES:
+            raise InvalidArgument(field, f"is {len(value)} bytes, the limit is {MAX_VALUE_BYTES}")
+        return value

@@ -1,0 +1,35 @@
+"""One node's settings, read from flags in one place (``cli/_node.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import DEFAULT_MAX_TTL_MS
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """How to run one node.
+
+    Attributes:
+        host: Interface to listen on.
+        port: Port to listen on; 0 picks a free one (tests).
+        data_dir: Where holders and the token high-water mark are written
+            through; None keeps everything in memory (``--in-memory``).
+        max_ttl_ms: The longest TTL a client may ask for, and the start-up
+            grace of an in-memory node.
+        start_grace: Whether an in-memory node waits ``max_ttl_ms`` before its
+            first grant (DESIGN.md, promise 5). Turning it off is unsafe: a
+            holder from before a restart may still be working.
+        watch_buffer: Events a watcher may fall behind before it is dropped.
+        shutdown_grace_s: How long calls in progress may finish on shutdown.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path | None = Path("default.trio-election")
+    max_ttl_ms: int = DEFAULT_MAX_TTL_MS
+    start_grace: bool = True
+    watch_buffer: int = 1024
+    shutdown_grace_s: float = 2.0

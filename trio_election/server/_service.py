@@ -1,0 +1,211 @@
+"""The ``trio_election.v1.LeaderElection`` gRPC service over a :class:`Node`.
+
+Handlers run on the asyncio side of the bridge. They stay thin: read and check
+the request, call the node synchronously, await only to wait (disk, campaign,
+watch events), convert to protobuf here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._bridge import GRPCError, MessageQueue, Status, recv_request
+from .._errors import ElectionError
+from .._generated.v1 import election_grpc
+from .._generated.v1 import election_pb2 as pb
+from ..core import Acquire, Event, EventKind, Holder, Release, Renew
+from ._node import CLOSING, OVERFLOW, Node
+from ._status import to_grpc_error
+
+log = logging.getLogger("trio_election.service")
+
+Handler = Callable[["LeaderElectionService", Any], Awaitable[None]]
+
+
+def _handler(method: Handler) -> Handler:
+    """Count the call as active and map domain errors to gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: LeaderElectionService, stream: Any) -> None:
+        self.active += 1
+        try:
+            await method(self, stream)
+        except ElectionError as exc:
+            raise to_grpc_error(exc) from None
+        finally:
+            self.active -= 1
+            if self.active == 0 and self.on_idle is not None:
+                self.on_idle()
+
+    return wrapper
+
+
+async def _request(stream: Any) -> Any:
+    request = await recv_request(stream)
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: missing")
+    return request
+
+
+class LeaderElectionService(election_grpc.LeaderElectionBase):
+    """Serves the client API of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.active = 0
+        self.on_idle: Callable[[], None] | None = None
+        self.streams: set[Any] = set()  # open KeepAlive streams, ended on shutdown
+
+    def _leader(self, holder: Holder | None) -> pb.Leader | None:
+        if holder is None:
+            return None
+        return pb.Leader(
+            election=holder.election,
+            node_id=holder.node_id,
+            fencing_token=holder.fencing_token,
+            ttl_ms=holder.ttl_ms,
+            remaining_ms=holder.remaining_ms(self.node.clock()),
+            value=holder.value,
+        )
+
+    def _acquire(self, request: Any, *, wait: bool, waiter: str = "") -> Acquire:
+        limits = self.node.limits
+        return Acquire(
+            limits.name("election", request.election),
+            limits.name("node_id", request.node_id),
+            limits.ttl("ttl_ms", request.ttl_ms),
+            limits.value("value", request.value),
+            wait=wait,
+            waiter=waiter,
+        )
+
+    def _renew(self, request: Any) -> pb.HeartbeatResponse:
+        limits = self.node.limits
+        outcome = self.node.apply(
+            Renew(
+                limits.name("election", request.election),
+                limits.name("node_id", request.node_id),
+                request.fencing_token,
+            )
+        )
+        return pb.HeartbeatResponse(
+            success=outcome.success, leader=self._leader(outcome.holder), election=request.election
+        )
+
+    @_handler
+    async def TryBecomeLeader(self, stream: Any) -> None:
+        request = await _request(stream)
+        outcome = self.node.apply(self._acquire(request, wait=False))
+        if outcome.persist:
+            await self.node.synced()
+        await stream.send_message(
+            pb.TryBecomeLeaderResponse(success=outcome.success, leader=self._leader(outcome.holder))
+        )
+
+    @_handler
+    async def Heartbeat(self, stream: Any) -> None:
+        await stream.send_message(self._renew(await _request(stream)))
+
+    @_handler
+    async def ReleaseLeadership(self, stream: Any) -> None:
+        request = await _request(stream)
+        limits = self.node.limits
+        outcome = self.node.apply(
+            Release(
+                limits.name("election", request.election),
+                limits.name("node_id", request.node_id),
+                request.fencing_token,
+            )
+        )
+        await stream.send_message(pb.ReleaseLeadershipResponse(released=outcome.success))
+
+    @_handler
+    async def IsLeader(self, stream: Any) -> None:
+        request = await _request(stream)
+        election = self.node.limits.name("election", request.election)
+        node_id = self.node.limits.name("node_id", request.node_id)
+        holder = self.node.machine.holder(election)
+        await stream.send_message(
+            pb.IsLeaderResponse(
+                is_leader=holder is not None and holder.node_id == node_id,
+                leader=self._leader(holder),
+            )
+        )
+
+    @_handler
+    async def GetCurrentLeader(self, stream: Any) -> None:
+        request = await _request(stream)
+        holder = self.node.machine.holder(self.node.limits.name("election", request.election))
+        await stream.send_message(
+            pb.GetCurrentLeaderResponse(has_leader=holder is not None, leader=self._leader(holder))
+        )
+
+    @_handler
+    async def Campaign(self, stream: Any) -> None:
+        request = await _request(stream)
+        node = self.node
+        waiter_id, waiter = node.new_campaign()
+        holder: Holder | None = None  # set when this call was granted the election
+        try:
+            command = self._acquire(request, wait=True, waiter=waiter_id)
+            outcome = node.apply(command)
+            if outcome.success:
+                node.end_campaign(command.election, waiter_id)
+                if not outcome.events:  # it already held the election: a refresh
+                    await stream.send_message(
+                        pb.CampaignResponse(leader=self._leader(outcome.holder))
+                    )
+                    return
+                holder = outcome.holder
+                await node.synced()
+            else:
+                holder = await waiter.wait()
+            await stream.send_message(pb.CampaignResponse(leader=self._leader(holder)))
+        except BaseException:
+            # Deadline, cancellation or error: leave the queue, and give back
+            # an election granted to a caller that will never hear of it.
+            node.end_campaign(request.election, waiter_id)
+            if holder is not None and not node.closing:
+                node.apply(Release(holder.election, holder.node_id, holder.fencing_token))
+            raise
+
+    @_handler
+    async def KeepAlive(self, stream: Any) -> None:
+        self.streams.add(stream)
+        try:
+            while (request := await recv_request(stream)) is not None:
+                await stream.send_message(self._renew(request))
+        finally:
+            self.streams.discard(stream)
+
+    @_handler
+    async def Watch(self, stream: Any) -> None:
+        request = await _request(stream)
+        election = self.node.limits.name("election", request.election)
+        queue = MessageQueue(self.node.config.watch_buffer)
+        holder, revision = self.node.watch(election, queue)
+        try:
+            kind = EventKind.ELECTED if holder is not None else EventKind.NO_LEADER
+            await stream.send_message(self._event(Event(kind, election, holder, revision)))
+            while True:
+                event = await queue.get()
+                if event is OVERFLOW:
+                    raise GRPCError(
+                        Status.RESOURCE_EXHAUSTED,
+                        f"watch: fell more than {self.node.config.watch_buffer} events behind; "
+                        "watch again to resume from the current state",
+                    )
+                if event is CLOSING:
+                    raise GRPCError(Status.UNAVAILABLE, "the node is shutting down")
+                if event.revision > revision:  # older ones were in the first state
+                    await stream.send_message(self._event(event))
+        finally:
+            self.node.unwatch(election, queue)
+
+    def _event(self, event: Event) -> pb.LeaderEvent:
+        return pb.LeaderEvent(
+            kind=int(event.kind), leader=self._leader(event.holder), revision=event.revision
+        )

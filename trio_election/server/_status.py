@@ -1,0 +1,20 @@
+"""Domain errors to gRPC statuses: the one place where they are mapped."""
+
+from __future__ import annotations
+
+from .._bridge import GRPCError, Status
+from .._errors import ElectionError, InvalidArgument, Superseded, Unavailable
+
+_STATUS: list[tuple[type[ElectionError], Status]] = [
+    (InvalidArgument, Status.INVALID_ARGUMENT),
+    (Unavailable, Status.UNAVAILABLE),
+    (Superseded, Status.ABORTED),
+]
+
+
+def to_grpc_error(exc: ElectionError) -> GRPCError:
+    """The GRPCError a handler raises for ``exc``; its message is ``str(exc)``."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return GRPCError(status, str(exc))
+    return GRPCError(Status.INTERNAL, str(exc))
