@@ -40,3 +40,22 @@ class LeadershipLost(ElectionError):
     """Raised by the client library when leadership ends for any reason other
     than the body finishing: heartbeats stopped succeeding in time, or the
     server answered that someone else holds the election."""
+
+
+class DeadlineExceeded(ElectionError):
+    """Raised by the client library when a call did not finish within its timeout."""
+
+
+class NotElected(ElectionError):
+    """Raised by ``try_leadership`` when someone else holds the election.
+
+    Attributes:
+        leader: The current holder, if the server named one.
+    """
+
+    def __init__(self, election: str, leader: object = None) -> None:
+        holder = getattr(leader, "node_id", None)
+        super().__init__(
+            f"{election!r} is held by {holder!r}" if holder else f"{election!r} is held"
+        )
+        self.leader = leader

@@ -1,0 +1,239 @@
+"""The Trio client of trio-election."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from .._bridge import asyncio_loop
+from .._errors import ElectionError, InvalidArgument, NotElected, Unavailable
+from .._generated.v1 import election_pb2 as pb
+from ._keepalive import KeepAlive
+from ._leadership import Leadership, check_lost, default_margin, keep
+from ._transport import Transport, backoff
+from ._types import Attempt, EventKind, Leader, LeaderEvent, leader_or_none
+
+log = logging.getLogger("trio_election.client")
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class Client:
+    """A connection to a trio-election node or cluster; see :func:`open_client`.
+
+    TTLs are in seconds (floats); the wire carries milliseconds.
+    """
+
+    def __init__(self, transport: Transport, nursery: trio.Nursery) -> None:
+        self._transport = transport
+        self._nursery = nursery
+        self._keepalive: KeepAlive | None = None
+
+    # -- the RPCs -----------------------------------------------------------
+
+    async def try_become_leader(
+        self, election: str, node_id: str, ttl: float, value: bytes = b""
+    ) -> Attempt:
+        """Take ``election`` if free, or refresh it if ``node_id`` holds it."""
+        request = pb.TryBecomeLeaderRequest(
+            election=election, node_id=node_id, ttl_ms=_ms(ttl), value=value
+        )
+        reply = await self._transport.call("TryBecomeLeader", request)
+        return Attempt(reply.success, leader_or_none(reply))
+
+    async def heartbeat(self, election: str, node_id: str, fencing_token: int = 0) -> Attempt:
+        """Extend the TTL of a held election (token 0 matches by node_id alone)."""
+        request = pb.HeartbeatRequest(
+            election=election, node_id=node_id, fencing_token=fencing_token
+        )
+        reply = await self._transport.call("Heartbeat", request)
+        return Attempt(reply.success, leader_or_none(reply))
+
+    async def release(self, election: str, node_id: str, fencing_token: int = 0) -> bool:
+        """Step down; False if ``node_id`` (with that token, unless 0) does not hold it."""
+        request = pb.ReleaseLeadershipRequest(
+            election=election, node_id=node_id, fencing_token=fencing_token
+        )
+        return (await self._transport.call("ReleaseLeadership", request)).released
+
+    async def is_leader(self, election: str, node_id: str) -> bool:
+        """Whether ``node_id`` holds ``election`` now."""
+        request = pb.IsLeaderRequest(election=election, node_id=node_id)
+        return (await self._transport.call("IsLeader", request)).is_leader
+
+    async def get_leader(self, election: str) -> Leader | None:
+        """The holder of ``election`` now, or None (GetCurrentLeader)."""
+        reply = await self._transport.call(
+            "GetCurrentLeader", pb.GetCurrentLeaderRequest(election=election)
+        )
+        return leader_or_none(reply, reply.has_leader)
+
+    async def campaign(self, election: str, node_id: str, ttl: float, value: bytes = b"") -> Leader:
+        """Wait until elected (FIFO among candidates); cancel to leave the queue.
+
+        Use a Trio cancel scope (``trio.fail_after``) to bound the wait.
+        """
+        request = pb.CampaignRequest(
+            election=election, node_id=node_id, ttl_ms=_ms(ttl), value=value
+        )
+        while True:
+            try:
+                reply = await self._transport.call("Campaign", request, timeout=None)
+            except Unavailable as exc:
+                log.info("campaign for %r: %s; trying again", election, exc)
+                await backoff(3)
+                continue
+            return Leader.from_pb(reply.leader)
+
+    async def watch(self, election: str) -> AsyncIterator[LeaderEvent]:
+        """The current state of ``election``, then every change, as they happen.
+
+        If the stream breaks, it is opened again (on the next endpoint); the
+        first event after that is the current state again.
+        """
+        failures = 0
+        while True:
+            try:
+                async with self._transport.stream("Watch") as stream:
+                    await stream.send(pb.WatchRequest(election=election), end=True)
+                    while (message := await stream.recv()) is not None:
+                        failures = 0
+                        yield LeaderEvent(
+                            EventKind(message.kind), leader_or_none(message), message.revision
+                        )
+                return
+            except InvalidArgument:
+                raise
+            except ElectionError as exc:  # broken, dropped as too slow, or node gone
+                failures += 1
+                log.info("watch %r: %s; watching again", election, exc)
+                await backoff(failures)
+
+    # -- leadership ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def leadership(
+        self,
+        election: str,
+        *,
+        node_id: str,
+        ttl: float,
+        value: bytes = b"",
+        margin: float | None = None,
+    ) -> AsyncIterator[Leadership]:
+        """Campaign until elected, then run the body while leadership is certain.
+
+        Heartbeats go every ``ttl / 3`` over the client's shared KeepAlive
+        stream. If they stop succeeding, the body is cancelled at
+        ``send time of the last successful heartbeat + ttl - margin`` and
+        :class:`LeadershipLost` is raised from the ``async with``. On exit the
+        election is released.
+
+        Raises:
+            LeadershipLost: the body was cancelled because leadership ended.
+        """
+        leader = await self.campaign(election, node_id, ttl, value)
+        async with self._hold(leader, ttl, margin, sent=None) as lead:
+            yield lead
+
+    @contextlib.asynccontextmanager
+    async def try_leadership(
+        self,
+        election: str,
+        *,
+        node_id: str,
+        ttl: float,
+        value: bytes = b"",
+        margin: float | None = None,
+    ) -> AsyncIterator[Leadership]:
+        """Like :meth:`leadership`, but without waiting.
+
+        Raises:
+            NotElected: someone else holds the election.
+        """
+        sent = trio.current_time()
+        attempt = await self.try_become_leader(election, node_id, ttl, value)
+        if not attempt.success or attempt.leader is None:
+            raise NotElected(election, attempt.leader)
+        async with self._hold(attempt.leader, ttl, margin, sent=sent) as lead:
+            yield lead
+
+    @contextlib.asynccontextmanager
+    async def _hold(
+        self, leader: Leader, ttl: float, margin: float | None, sent: float | None
+    ) -> AsyncIterator[Leadership]:
+        keepalive = self._keepalive_stream()
+        lead = Leadership(
+            leader.election,
+            leader.node_id,
+            leader.fencing_token,
+            leader,
+            ttl,
+            default_margin(ttl) if margin is None else margin,
+        )
+        lead._scope.deadline = trio.current_time() + ttl - lead.margin
+        try:
+            if sent is None:
+                # A Campaign may have waited longer than the TTL: the grant's
+                # send time proves nothing, a fresh heartbeat does.
+                sent = trio.current_time()
+                reply = await keepalive.heartbeat(
+                    leader.election, leader.node_id, leader.fencing_token
+                )
+                if not reply.success:
+                    lead._lose("the grant was gone before the first heartbeat")
+                    check_lost(lead)
+            lead._scope.deadline = sent + ttl - lead.margin
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep, lead, keepalive, ttl / 3)
+                with lead._scope:
+                    yield lead
+                nursery.cancel_scope.cancel()
+            check_lost(lead)
+        finally:
+            if lead.lost is None:
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    with contextlib.suppress(ElectionError):
+                        await self.release(leader.election, leader.node_id, leader.fencing_token)
+
+    def _keepalive_stream(self) -> KeepAlive:
+        if self._keepalive is None:
+            self._keepalive = KeepAlive(self._transport)
+            self._nursery.start_soon(self._keepalive.run)
+        return self._keepalive
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    endpoints: Sequence[str] | str = "127.0.0.1:50051", *, timeout: float = 5.0
+) -> AsyncIterator[Client]:
+    """Connect to trio-election at one or more ``HOST:PORT`` endpoints.
+
+    Args:
+        endpoints: Nodes to talk to; calls fail over between them.
+        timeout: Default deadline of a unary call, in seconds.
+
+    Example::
+
+        async with open_client(["127.0.0.1:50051"]) as client:
+            async with client.leadership("production", node_id="worker-1", ttl=10) as lead:
+                await do_leader_work(lead.fencing_token)
+    """
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",") if e]
+    transport = Transport(endpoints, timeout)
+    async with asyncio_loop():
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    yield Client(transport, nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            transport.close()  # after the background tasks have ended

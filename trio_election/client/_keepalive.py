@@ -1,0 +1,102 @@
+"""One KeepAlive stream shared by every leadership a client holds.
+
+Heartbeats over an open stream cost the server a few microseconds each, a
+unary call well over a hundred (DESIGN.md, pitfalls), so the library renews
+through this stream. Requests are answered in order, so replies are matched
+to waiting callers first-in, first-out. If the stream breaks, every waiting
+caller gets :class:`Unavailable` and the stream is opened again (on the next
+endpoint) for the next heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from .._errors import ElectionError, Unavailable
+from .._generated.v1 import election_pb2 as pb
+from ._transport import Transport, backoff
+
+
+class _Slot:
+    __slots__ = ("done", "reply", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reply: pb.HeartbeatResponse | None = None
+        self.error: ElectionError | None = None
+
+
+class KeepAlive:
+    """Multiplexes heartbeats over one stream; run :meth:`run` in a nursery."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._send, self._requests = trio.open_memory_channel[tuple[pb.HeartbeatRequest, _Slot]](
+            1024
+        )
+        self._pending: deque[_Slot] = deque()
+
+    async def heartbeat(self, election: str, node_id: str, token: int) -> pb.HeartbeatResponse:
+        """Send one heartbeat and wait for its reply.
+
+        Raises:
+            Unavailable: the stream broke before the reply came.
+        """
+        slot = _Slot()
+        request = pb.HeartbeatRequest(election=election, node_id=node_id, fencing_token=token)
+        await self._send.send((request, slot))
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        assert slot.reply is not None
+        return slot.reply
+
+    async def run(self) -> None:
+        """Keep a stream open while there is something to send."""
+        failures = 0
+        while True:
+            first = await self._requests.receive()
+            try:
+                async with self._transport.stream("KeepAlive") as stream:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._receive, stream)
+                        await self._forward(stream, first)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - a broken stream, in whatever wrapping
+                self._fail(first[1], _as_unavailable(exc))
+                failures += 1
+                await backoff(failures)
+
+    async def _forward(self, stream: object, first: tuple[pb.HeartbeatRequest, _Slot]) -> None:
+        request, slot = first
+        while True:
+            self._pending.append(slot)
+            await stream.send(request)
+            request, slot = await self._requests.receive()
+
+    async def _receive(self, stream: object) -> None:
+        while True:
+            reply = await stream.recv()
+            if reply is None:
+                raise Unavailable("the server ended the KeepAlive stream")
+            slot = self._pending.popleft()
+            slot.reply = reply
+            slot.done.set()
+
+    def _fail(self, first: _Slot, error: ElectionError) -> None:
+        for slot in (*self._pending, first):
+            if not slot.done.is_set():
+                slot.error = error
+                slot.done.set()
+        self._pending.clear()
+
+
+def _as_unavailable(exc: Exception) -> ElectionError:
+    """The one error for a broken stream (nurseries wrap what they raise in groups)."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ElectionError):
+        return exc
+    return Unavailable(f"the KeepAlive stream broke: {exc!r}")

@@ -1,0 +1,105 @@
+"""Holding an election safely: the body runs only while leadership is certain.
+
+Theory of operation (DESIGN.md, promise 4). The server expires a lease no
+earlier than ``ttl`` after it *received* the last successful heartbeat. The
+client cannot know when that was, but it knows when it *sent* it, which was
+earlier; so it considers leadership lost at
+
+    send_time_of_last_successful_heartbeat + ttl - margin
+
+on its own monotonic clock (the Trio clock), never comparing clocks across
+machines. The body runs in a cancel scope with that deadline: each successful
+heartbeat moves the deadline later, and if heartbeats stop succeeding the body
+is cancelled before the server could hand the election to anyone else. A
+heartbeat that the server refuses (someone else holds it) cancels at once.
+``margin`` covers clock-rate differences and the time the body needs to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from .._errors import ElectionError, LeadershipLost
+from ._keepalive import KeepAlive
+from ._types import Leader
+
+
+@dataclass(eq=False)
+class Leadership:
+    """A held election, as yielded by ``Client.leadership``.
+
+    Attributes:
+        election: The election's name.
+        node_id: Our name as its holder.
+        fencing_token: Pass it to every resource the body touches.
+        leader: The grant as the server reported it.
+    """
+
+    election: str
+    node_id: str
+    fencing_token: int
+    leader: Leader
+    ttl: float
+    margin: float
+    _scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
+    _lost: str | None = field(default=None, repr=False)
+
+    @property
+    def deadline(self) -> float:
+        """When the client stops trusting its leadership, on the Trio clock."""
+        return self._scope.deadline
+
+    @property
+    def lost(self) -> str | None:
+        """Why leadership was lost, or None while it holds."""
+        return self._lost
+
+    def _confirmed(self, send_time: float) -> None:
+        self._scope.deadline = max(self._scope.deadline, send_time + self.ttl - self.margin)
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+        self._scope.cancel()
+
+
+def default_margin(ttl: float) -> float:
+    """A tenth of the TTL, at least 20 ms."""
+    return max(0.02, ttl / 10)
+
+
+async def keep(lead: Leadership, keepalive: KeepAlive, interval: float) -> None:
+    """Renew ``lead`` every ``interval`` until cancelled, or lose it."""
+    retry = min(interval / 4, 0.25)
+    next_try = trio.current_time() + interval
+    while True:
+        await trio.sleep_until(next_try)
+        sent = trio.current_time()
+        # Past the client deadline the reply no longer matters.
+        with trio.move_on_at(lead.deadline) as scope:
+            try:
+                reply = await keepalive.heartbeat(lead.election, lead.node_id, lead.fencing_token)
+            except ElectionError:
+                reply = None
+        if scope.cancelled_caught:
+            lead._lose("no heartbeat succeeded before the client-side deadline")
+            return
+        if reply is None:
+            next_try = sent + retry
+        elif reply.success:
+            lead._confirmed(sent)
+            next_try = sent + interval
+        else:
+            holder = reply.leader.node_id if reply.HasField("leader") else "nobody"
+            lead._lose(f"the server says {holder!r} holds {lead.election!r} now")
+            return
+
+
+def check_lost(lead: Leadership) -> None:
+    """After the body's scope: raise if it ended because leadership was lost."""
+    # The scope is ours alone: it is cancelled only by its deadline or _lose.
+    if lead._scope.cancelled_caught or lead._lost is not None:
+        why = lead._lost or "no heartbeat succeeded before the client-side deadline"
+        raise LeadershipLost(f"leadership of {lead.election!r} lost: {why}")

@@ -1,0 +1,124 @@
+"""Endpoints, channels and failover for the client library.
+
+A call goes to the current endpoint; if that endpoint cannot be reached (or
+answers UNAVAILABLE), the next one is tried, once round the list. Statuses
+come back as the errors of ``trio_election._errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import trio
+
+from .._bridge import Channel, GRPCError, Status, StreamTerminatedError
+from .._errors import DeadlineExceeded, ElectionError, InvalidArgument, Superseded, Unavailable
+from .._generated.v1 import election_grpc
+
+log = logging.getLogger("trio_election.client")
+
+#: What a broken connection looks like from grpclib.
+CONNECTION_ERRORS = (OSError, StreamTerminatedError, EOFError)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) to ``(host, port)``."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"endpoint {endpoint!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def from_status(exc: GRPCError) -> ElectionError:
+    """The domain error for a status a server sent."""
+    message = exc.message or exc.status.name
+    if exc.status is Status.INVALID_ARGUMENT:
+        field, _, rest = message.partition(": ")
+        error = InvalidArgument(field, rest or message)
+        error.args = (message,)
+        return error
+    if exc.status is Status.UNAVAILABLE:
+        return Unavailable(message)
+    if exc.status is Status.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(message)
+    if exc.status is Status.ABORTED:
+        return Superseded(message)
+    return ElectionError(f"{exc.status.name}: {message}")
+
+
+class Transport:
+    """Channels to a list of endpoints, one current at a time."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self.timeout = timeout
+        self._current = 0
+        self._channels: dict[int, Channel] = {}
+
+    def channel(self) -> Channel:
+        index = self._current
+        if index not in self._channels:
+            host, port = self.endpoints[index]
+            self._channels[index] = Channel(host, port, election_grpc.LeaderElectionStub)
+        return self._channels[index]
+
+    def fail_over(self, failed: Channel) -> None:
+        """Move to the next endpoint if ``failed`` is still the current one."""
+        if self._channels.get(self._current) is failed:
+            log.debug("endpoint %s:%d failed; trying the next", *self.endpoints[self._current])
+            self._current = (self._current + 1) % len(self.endpoints)
+
+    async def call(self, name: str, request: Any, timeout: float | None = None) -> Any:
+        """Call unary method ``name``, failing over once round the endpoints.
+
+        Raises:
+            Unavailable: no endpoint answered.
+            DeadlineExceeded: the call took longer than ``timeout``.
+            InvalidArgument: the server refused a field.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        last: BaseException | None = None
+        for _ in range(len(self.endpoints)):
+            channel = self.channel()
+            try:
+                return await channel.unary(getattr(channel.stub, name), request, timeout)
+            except GRPCError as exc:
+                if exc.status is not Status.UNAVAILABLE:
+                    raise from_status(exc) from None
+                last = exc
+            except CONNECTION_ERRORS as exc:
+                last = exc
+            except TimeoutError:
+                raise DeadlineExceeded(f"{name} took longer than {timeout:g} s") from None
+            self.fail_over(channel)
+        raise Unavailable(f"no endpoint answered {name}: {last}") from None
+
+    @contextlib.asynccontextmanager
+    async def stream(self, name: str, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Open streaming method ``name`` on the current endpoint."""
+        channel = self.channel()
+        try:
+            async with channel.stream(getattr(channel.stub, name), timeout) as stream:
+                yield stream
+        except GRPCError as exc:
+            if exc.status is Status.UNAVAILABLE:
+                self.fail_over(channel)
+            raise from_status(exc) from None
+        except CONNECTION_ERRORS as exc:
+            self.fail_over(channel)
+            raise Unavailable(f"{name} stream broke: {exc!r}") from None
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+
+async def backoff(attempt: int) -> None:
+    """Wait before retrying a failed stream: 50 ms, doubling up to 1 s."""
+    await trio.sleep(min(1.0, 0.05 * 2**attempt))
