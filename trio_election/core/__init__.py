@@ -4,6 +4,7 @@ from ._limits import (
     DEFAULT_MAX_TTL_MS as DEFAULT_MAX_TTL_MS,
 )
 from ._limits import (
+    MAX_MAX_TTL_MS as MAX_MAX_TTL_MS,
     MAX_NAME_BYTES as MAX_NAME_BYTES,
 )
 from ._limits import (
@@ -52,6 +53,7 @@ from ._types import (
 
 __all__ = [
     "DEFAULT_MAX_TTL_MS",
+    "MAX_MAX_TTL_MS",
     "MAX_NAME_BYTES",
     "MAX_VALUE_BYTES",
     "MIN_TTL_MS",

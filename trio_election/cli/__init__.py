@@ -1,0 +1,5 @@
+"""The ``trio-election`` command line."""
+
+from ._main import main as main
+
+__all__ = ["main"]
