@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from .._errors import ElectionError, LeadershipLost
+from .._util import unwrap_single_exception
 from ..client import open_client
 from ._common import add_client_options, describe, emit, leader_dict
 
@@ -63,7 +64,10 @@ def _runner(command: Any) -> Any:
 
 async def _with_signals(command: Any, args: argparse.Namespace) -> int:
     result = 130
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        unwrap_single_exception(),
+    ):
         async with trio.open_nursery() as nursery:
 
             async def main() -> None:

@@ -11,6 +11,7 @@ import trio
 from .._bridge import asyncio_loop
 from .._errors import ElectionError, InvalidArgument, NotElected, Unavailable
 from .._generated.v1 import election_pb2 as pb
+from .._util import unwrap_single_exception
 from ._keepalive import KeepAlive
 from ._leadership import Leadership, check_lost, default_margin, keep
 from ._transport import Transport, backoff
@@ -189,11 +190,20 @@ class Client:
                     lead._lose("the grant was gone before the first heartbeat")
                     check_lost(lead)
             lead._scope.deadline = sent + ttl - lead.margin
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(keep, lead, keepalive, ttl / 3)
+            # Renewal runs in the client's nursery, so the body's own
+            # exceptions reach the caller unwrapped.
+            renewal = trio.CancelScope()
+
+            async def renew() -> None:
+                with renewal:
+                    await keep(lead, keepalive, ttl / 3)
+
+            self._nursery.start_soon(renew)
+            try:
                 with lead._scope:
                     yield lead
-                nursery.cancel_scope.cancel()
+            finally:
+                renewal.cancel()
             check_lost(lead)
         finally:
             if lead.lost is None:
@@ -230,10 +240,11 @@ async def open_client(
     transport = Transport(endpoints, timeout)
     async with asyncio_loop():
         try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    yield Client(transport, nursery)
-                finally:
-                    nursery.cancel_scope.cancel()
+            with unwrap_single_exception():
+                async with trio.open_nursery() as nursery:
+                    try:
+                        yield Client(transport, nursery)
+                    finally:
+                        nursery.cancel_scope.cancel()
         finally:
             transport.close()  # after the background tasks have ended
