@@ -14,8 +14,7 @@ from typing import Any
 
 from .._bridge import GRPCError, MessageQueue, Status, recv_request
 from .._errors import ElectionError
-from .._generated.v1 import election_grpc
-from .._generated.v1 import election_pb2 as pb
+from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
 from ._node import CLOSING, OVERFLOW, Node
 from ._status import to_grpc_error
