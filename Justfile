@@ -1,0 +1,34 @@
+# trio-election tasks. `just --list` shows them.
+# Uses .venv/bin/python when a .venv exists, else python3 from PATH.
+
+python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
+
+# Run the whole test suite (lint, generated-code check, tests).
+test *ARGS:
+    {{python}} -m ruff check trio_election tests tools
+    {{python}} -m pytest {{ARGS}}
+
+# Three clients contend for one election as things fail; read it as a story.
+demo:
+    {{python}} tools/demo.py
+
+# Measure speed and memory against a node in its own process.
+bench *ARGS:
+    {{python}} tools/bench.py {{ARGS}}
+
+# Regenerate trio_election/_generated from proto/.
+gen-proto:
+    {{python}} tools/gen_proto.py
+
+# Fail if trio_election/_generated drifts from proto/.
+check-proto:
+    {{python}} tools/gen_proto.py --check
+
+# Format and fix what ruff can.
+fmt:
+    {{python}} -m ruff format trio_election tests tools
+    {{python}} -m ruff check --fix trio_election tests tools
+
+# Run one node in the foreground (in memory, port 50051).
+node *ARGS:
+    {{python}} -m trio_election node {{ARGS}}
