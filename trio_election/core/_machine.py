@@ -30,9 +30,10 @@ Fencing tokens: every grant takes ``max(last_token + 1, index)``, where
 ``index`` is the Raft index of the granting entry in a cluster (0 for a single
 node), so tokens strictly increase for all elections together, hence for each.
 
-Expiry uses one heap of ``(deadline, election, token)`` entries, one per lease:
-a renewal only moves the lease's deadline, and a popped entry whose lease has
-a later deadline is pushed back. So 100,000 leases cost 100,000 heap entries,
+Expiry uses one heap of ``(time, election, token)`` entries, one live entry
+per lease (the lease remembers its time; others are stale): a renewal only
+moves the lease's deadline, and a popped entry whose lease has a later
+deadline is pushed back. So 100,000 leases cost 100,000 heap entries,
 whatever the renewal rate.
 """
 
@@ -72,6 +73,9 @@ class _Lease:
     value: bytes
     renewals: int
     deadline: float  # local clock; see the module docstring
+    # The time of this lease's one live heap entry; entries at other times
+    # are stale and dropped when popped.
+    scheduled: float = -math.inf
 
 
 class ElectionMachine:
@@ -184,7 +188,9 @@ class ElectionMachine:
         if lease is None or lease.token != cmd.fencing_token:
             return Outcome(False, None if lease is None else self._view(cmd.election, lease))
         if lease.renewals != cmd.renewals:
-            # A renewal won the race; the proposer's retry entry tracks the lease.
+            # A renewal won the race: track the lease by its new deadline
+            # again (this makes the proposer's retry entry stale).
+            self._schedule(cmd.election, lease, lease.deadline)
             return Outcome(False, self._view(cmd.election, lease))
         return self._end(cmd.election, lease, EventKind.EXPIRED, now, index)
 
@@ -225,15 +231,15 @@ class ElectionMachine:
         commands: list[Expire | Promote] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, election, token = heapq.heappop(heap)
+            at, election, token = heapq.heappop(heap)
             lease = self._leases.get(election)
-            if lease is None or lease.token != token:
-                continue  # released, expired or re-granted since it was pushed
+            if lease is None or lease.token != token or lease.scheduled != at:
+                continue  # stale: ended, re-granted or rescheduled since
             if lease.deadline > now:
-                heapq.heappush(heap, (lease.deadline, election, token))
+                self._schedule(election, lease, lease.deadline)
                 continue
             commands.append(Expire(election, token, lease.renewals))
-            heapq.heappush(heap, (now + EXPIRE_RETRY_S, election, token))
+            self._schedule(election, lease, now + EXPIRE_RETRY_S)
         if self._grace_until > -math.inf and now >= self._grace_until:
             self._grace_until = -math.inf
             commands.extend(Promote(e) for e in list(self._queues) if e not in self._leases)
@@ -243,6 +249,7 @@ class ElectionMachine:
         """Give every lease its full TTL from ``now`` (a new Raft leader does this)."""
         for lease in self._leases.values():
             lease.deadline = max(lease.deadline, now + lease.ttl_ms / 1000)
+            lease.scheduled = lease.deadline
         self._heap = [(lease.deadline, e, lease.token) for e, lease in self._leases.items()]
         heapq.heapify(self._heap)
 
@@ -271,6 +278,10 @@ class ElectionMachine:
         lease.renewals += 1
         lease.deadline = max(lease.deadline, now + lease.ttl_ms / 1000)
 
+    def _schedule(self, election: str, lease: _Lease, at: float) -> None:
+        lease.scheduled = at
+        heapq.heappush(self._heap, (at, election, lease.token))
+
     def _enqueue(self, cmd: Acquire) -> tuple[str, ...]:
         queue = self._queues.setdefault(cmd.election, deque())
         for position, waiting in enumerate(queue):
@@ -291,7 +302,7 @@ class ElectionMachine:
             # (the new lease is in self._leases already, so it gets its entry).
             self.refresh_all(-math.inf)
         else:
-            heapq.heappush(self._heap, (lease.deadline, cmd.election, token))
+            self._schedule(cmd.election, lease, lease.deadline)
         holder = self._view(cmd.election, lease)
         self.revision += 1
         event = Event(EventKind.ELECTED, cmd.election, holder, self.revision)
