@@ -12,7 +12,7 @@ PACKAGES = [
     "trio_election.client",
     "trio_election.server",
     "trio_election.cli",
-    # "trio_election.raft" joins when the Raft core lands
+    "trio_election.raft",
     "trio_election.testing",
 ]
 

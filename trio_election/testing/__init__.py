@@ -1,5 +1,23 @@
 """Test helpers for trio-election (importable by any test suite)."""
 
 from ._proxy import FreezableProxy as FreezableProxy
+from ._raft_sim import (
+    Cluster as Cluster,
+    InvariantViolation as InvariantViolation,
+    KVStateMachine as KVStateMachine,
+    SimNode as SimNode,
+    SimOptions as SimOptions,
+    Simulation as Simulation,
+    StateMachine as StateMachine,
+)
 
-__all__ = ["FreezableProxy"]
+__all__ = [
+    "Cluster",
+    "FreezableProxy",
+    "InvariantViolation",
+    "KVStateMachine",
+    "SimNode",
+    "SimOptions",
+    "Simulation",
+    "StateMachine",
+]
