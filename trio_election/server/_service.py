@@ -176,6 +176,8 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         self.streams.add(stream)
         try:
             while (request := await recv_request(stream)) is not None:
+                if self.node.closing:
+                    return  # already ended with UNAVAILABLE by the shutdown
                 await stream.send_message(self._renew(request))
         finally:
             self.streams.discard(stream)
