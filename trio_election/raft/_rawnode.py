@@ -20,7 +20,7 @@ No ``tick``/``step``/``propose`` may happen between ``ready()`` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ._codec import encode_conf_change
@@ -131,10 +131,12 @@ class RawNode:
 
     # -- inputs ------------------------------------------------------------
 
-    def bootstrap(self, peers: Iterable[str]) -> None:
+    def bootstrap(self, peers: Iterable[str], contexts: Mapping[str, bytes] | None = None) -> None:
         """Initialise a brand-new member of the initial cluster.
 
-        Every initial member must call this with the same ``peers``. It
+        Every initial member must call this with the same ``peers`` (and
+        ``contexts``, the ``ConfChange.context`` of each peer's entry, e.g.
+        its address). It
         appends one committed ``ADD_NODE`` entry per peer at term 1 (delivered
         through ``Ready`` for persisting and applying like any other entry).
         Until that first Ready is persisted nothing is durable: an initial
@@ -156,7 +158,9 @@ class RawNode:
                 term=1,
                 index=i + 1,
                 type=EntryType.CONF_CHANGE,
-                data=encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, p)),
+                data=encode_conf_change(
+                    ConfChange(ConfChangeType.ADD_NODE, p, (contexts or {}).get(p, b""))
+                ),
             )
             for i, p in enumerate(peers)
         ]
