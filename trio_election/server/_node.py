@@ -19,21 +19,17 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from itertools import count
 
 import trio
 
 from .._bridge import MessageQueue, Waiter
-from .._errors import Superseded, Unavailable
-from ..core import Acquire, CancelWait, Command, ElectionMachine, Event, Holder, Limits, Outcome
+from .._errors import Unavailable
+from ..core import Acquire, CancelWait, Command, ElectionMachine, Holder, Limits, Outcome
 from ._config import NodeConfig
+from ._hub import Hub
 from ._store import LeaseStore
 
 log = logging.getLogger("trio_election.node")
-
-#: Put in a watcher's queue when it fell too far behind, or the node closes.
-OVERFLOW = object()
-CLOSING = object()
 
 
 class Node:
@@ -53,9 +49,7 @@ class Node:
         self._dirty: dict[str, None] = {}
         self._after_flush: list[Callable[[], None]] = []
         self._flush_wanted = trio.Event()
-        self._campaigns: dict[str, Waiter] = {}
-        self._watchers: dict[str, set[MessageQueue]] = {}
-        self._waiter_ids = count(1)
+        self.hub = Hub()
         self._expiry_scope: trio.CancelScope | None = None
 
     # -- lifetime -----------------------------------------------------------
@@ -104,13 +98,7 @@ class Node:
     def begin_close(self) -> None:
         """End every waiting Campaign and Watch: the node is shutting down."""
         self.closing = True
-        for waiter in self._campaigns.values():
-            waiter.fail(Unavailable("the node is shutting down"))
-        self._campaigns.clear()
-        for queues in self._watchers.values():
-            for queue in queues:
-                queue.force(CLOSING)
-        self._watchers.clear()
+        self.hub.close()
 
     # -- commands -----------------------------------------------------------
 
@@ -123,16 +111,32 @@ class Node:
         if self.closing:
             raise Unavailable("the node is shutting down")
         outcome = self.machine.apply(command, self.clock())
-        for waiter_id in outcome.superseded:
-            waiter = self._campaigns.pop(waiter_id, None)
-            if waiter is not None:
-                waiter.fail(Superseded("a newer Campaign of this node_id took its place"))
         if outcome.persist:
             self._dirty[command.election] = None
-            self._after(lambda: self._report(outcome))
+            self._after(lambda: self.hub.report(outcome))
+        elif outcome.superseded:
+            self.hub.report(outcome)
         if outcome.persist or isinstance(command, Acquire):
             self._reschedule()
         return outcome
+
+    async def execute(self, command: Command) -> Outcome:
+        """Apply ``command``; return once its effects are durable."""
+        outcome = self.apply(command)
+        if outcome.persist:
+            await self.synced()
+        return outcome
+
+    def submit(self, command: Command) -> None:
+        """Apply ``command`` without waiting for anything (clean-up paths)."""
+        if not self.closing:
+            self.apply(command)
+
+    async def read(self, election: str) -> Holder | None:
+        """The holder of ``election``, as far as the disk knows it."""
+        if self._dirty or self._after_flush:
+            await self.synced()  # never report a grant a crash could forget
+        return self.machine.holder(election)
 
     async def synced(self) -> None:
         """Return once everything applied so far is on disk."""
@@ -144,31 +148,22 @@ class Node:
 
     def new_campaign(self) -> tuple[str, Waiter]:
         """A fresh waiter id and the Waiter its grant will be reported to."""
-        waiter_id = str(next(self._waiter_ids))
-        waiter = Waiter()
-        self._campaigns[waiter_id] = waiter
-        return waiter_id, waiter
+        return self.hub.new_campaign()
 
     def end_campaign(self, election: str, waiter_id: str) -> None:
         """The Campaign call ended: leave the queue if still in it."""
-        if self._campaigns.pop(waiter_id, None) is not None and not self.closing:
+        if self.hub.forget_campaign(waiter_id) and not self.closing:
             self.apply(CancelWait(election, waiter_id))
 
     # -- watchers -----------------------------------------------------------
 
     def watch(self, election: str, queue: MessageQueue) -> tuple[Holder | None, int]:
         """Register ``queue`` for the events of ``election``; return the state now."""
-        if self.closing:
-            raise Unavailable("the node is shutting down")
-        self._watchers.setdefault(election, set()).add(queue)
+        self.hub.watch(election, queue)
         return self.machine.holder(election), self.machine.revision
 
     def unwatch(self, election: str, queue: MessageQueue) -> None:
-        queues = self._watchers.get(election)
-        if queues is not None:
-            queues.discard(queue)
-            if not queues:
-                del self._watchers[election]
+        self.hub.unwatch(election, queue)
 
     # -- internals ----------------------------------------------------------
 
@@ -178,31 +173,6 @@ class Node:
         else:
             self._after_flush.append(callback)
             self._flush_wanted.set()
-
-    def _report(self, outcome: Outcome) -> None:
-        for waiter_id, holder in outcome.granted:
-            waiter = self._campaigns.pop(waiter_id, None)
-            if waiter is not None:
-                waiter.set(holder)
-        for event in outcome.events:
-            self._publish(event)
-
-    def _publish(self, event: Event) -> None:
-        holder = event.holder
-        log.info(
-            "%s %r: %s (token %d)",
-            event.kind.name.lower(),
-            event.election,
-            holder.node_id if holder else "-",
-            holder.fencing_token if holder else 0,
-        )
-        queues = self._watchers.get(event.election)
-        if not queues:
-            return
-        for queue in list(queues):
-            if not queue.put_nowait(event):
-                queue.force(OVERFLOW)
-                queues.discard(queue)
 
     def _reschedule(self) -> None:
         if self._expiry_scope is not None:

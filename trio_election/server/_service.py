@@ -1,8 +1,13 @@
-"""The ``trio_election.v1.LeaderElection`` gRPC service over a :class:`Node`.
+"""The ``trio_election.v1.LeaderElection`` gRPC service over a node.
 
 Handlers run on the asyncio side of the bridge. They stay thin: read and check
-the request, call the node synchronously, await only to wait (disk, campaign,
-watch events), convert to protobuf here and nowhere else.
+the request, hand the command to the node, await only to wait (disk, commit,
+campaign, watch events), convert to protobuf here and nowhere else.
+
+The node is a single :class:`~trio_election.server._node.Node` or a
+:class:`~trio_election.server._cluster.ClusterNode`; both offer ``execute``
+(apply, return once durable), ``submit`` (apply, do not wait), ``read``
+(a linearizable read), campaigns and watches.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from .._bridge import GRPCError, MessageQueue, Status, recv_request
 from .._errors import ElectionError
 from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
-from ._node import CLOSING, OVERFLOW, Node
+from ._hub import CLOSING, OVERFLOW
 from ._status import to_grpc_error
 
 log = logging.getLogger("trio_election.service")
@@ -52,7 +57,7 @@ async def _request(stream: Any) -> Any:
 class LeaderElectionService(election_grpc.LeaderElectionBase):
     """Serves the client API of one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Any) -> None:
         self.node = node
         self.active = 0
         self.on_idle: Callable[[], None] | None = None
@@ -81,9 +86,9 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             waiter=waiter,
         )
 
-    def _renew(self, request: Any) -> pb.HeartbeatResponse:
+    async def _renew(self, request: Any) -> pb.HeartbeatResponse:
         limits = self.node.limits
-        outcome = self.node.apply(
+        outcome = await self.node.execute(
             Renew(
                 limits.name("election", request.election),
                 limits.name("node_id", request.node_id),
@@ -97,22 +102,20 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     @_handler
     async def TryBecomeLeader(self, stream: Any) -> None:
         request = await _request(stream)
-        outcome = self.node.apply(self._acquire(request, wait=False))
-        if outcome.persist:
-            await self.node.synced()
+        outcome = await self.node.execute(self._acquire(request, wait=False))
         await stream.send_message(
             pb.TryBecomeLeaderResponse(success=outcome.success, leader=self._leader(outcome.holder))
         )
 
     @_handler
     async def Heartbeat(self, stream: Any) -> None:
-        await stream.send_message(self._renew(await _request(stream)))
+        await stream.send_message(await self._renew(await _request(stream)))
 
     @_handler
     async def ReleaseLeadership(self, stream: Any) -> None:
         request = await _request(stream)
         limits = self.node.limits
-        outcome = self.node.apply(
+        outcome = await self.node.execute(
             Release(
                 limits.name("election", request.election),
                 limits.name("node_id", request.node_id),
@@ -126,7 +129,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         request = await _request(stream)
         election = self.node.limits.name("election", request.election)
         node_id = self.node.limits.name("node_id", request.node_id)
-        holder = self.node.machine.holder(election)
+        holder = await self.node.read(election)
         await stream.send_message(
             pb.IsLeaderResponse(
                 is_leader=holder is not None and holder.node_id == node_id,
@@ -137,7 +140,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     @_handler
     async def GetCurrentLeader(self, stream: Any) -> None:
         request = await _request(stream)
-        holder = self.node.machine.holder(self.node.limits.name("election", request.election))
+        holder = await self.node.read(self.node.limits.name("election", request.election))
         await stream.send_message(
             pb.GetCurrentLeaderResponse(has_leader=holder is not None, leader=self._leader(holder))
         )
@@ -150,7 +153,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         holder: Holder | None = None  # set when this call was granted the election
         try:
             command = self._acquire(request, wait=True, waiter=waiter_id)
-            outcome = node.apply(command)
+            outcome = await node.execute(command)
             if outcome.success:
                 node.end_campaign(command.election, waiter_id)
                 if not outcome.events:  # it already held the election: a refresh
@@ -159,7 +162,6 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
                     )
                     return
                 holder = outcome.holder
-                await node.synced()
             else:
                 holder = await waiter.wait()
             await stream.send_message(pb.CampaignResponse(leader=self._leader(holder)))
@@ -167,8 +169,8 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             # Deadline, cancellation or error: leave the queue, and give back
             # an election granted to a caller that will never hear of it.
             node.end_campaign(request.election, waiter_id)
-            if holder is not None and not node.closing:
-                node.apply(Release(holder.election, holder.node_id, holder.fencing_token))
+            if holder is not None:
+                node.submit(Release(holder.election, holder.node_id, holder.fencing_token))
             raise
 
     @_handler
@@ -178,7 +180,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             while (request := await recv_request(stream)) is not None:
                 if self.node.closing:
                     return  # already ended with UNAVAILABLE by the shutdown
-                await stream.send_message(self._renew(request))
+                await stream.send_message(await self._renew(request))
         finally:
             self.streams.discard(stream)
 

@@ -1,0 +1,100 @@
+"""Who is waiting on the election machine: Campaign calls and Watch streams.
+
+Both kinds of node (single and cluster) report each applied command's outcome
+here: grants wake the Campaign that asked for them, events go to watchers, and
+a watcher too slow to keep up is dropped rather than slowing the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import count
+
+from .._bridge import MessageQueue, Waiter
+from .._errors import Superseded, Unavailable
+from ..core import Event, Holder, Outcome
+
+log = logging.getLogger("trio_election.node")
+
+#: Put in a watcher's queue when it fell too far behind, or the node closes.
+OVERFLOW = object()
+CLOSING = object()
+
+
+class Hub:
+    """Campaign waiters and watchers of one node.
+
+    Args:
+        prefix: Makes waiter ids unique across the cluster (node id and boot).
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix
+        self._ids = count(1)
+        self._campaigns: dict[str, Waiter] = {}
+        self._watchers: dict[str, set[MessageQueue]] = {}
+        self.closed = False
+
+    def new_campaign(self) -> tuple[str, Waiter]:
+        """A fresh waiter id and the Waiter its grant will be reported to."""
+        waiter_id = f"{self._prefix}{next(self._ids)}"
+        waiter = Waiter()
+        self._campaigns[waiter_id] = waiter
+        return waiter_id, waiter
+
+    def forget_campaign(self, waiter_id: str) -> bool:
+        """Stop tracking a Campaign; True if it was still waiting."""
+        return self._campaigns.pop(waiter_id, None) is not None
+
+    def report(self, outcome: Outcome) -> None:
+        """Wake the granted, fail the superseded, publish the events."""
+        for waiter_id in outcome.superseded:
+            waiter = self._campaigns.pop(waiter_id, None)
+            if waiter is not None:
+                waiter.fail(Superseded("a newer Campaign of this node_id took its place"))
+        for waiter_id, holder in outcome.granted:
+            waiter = self._campaigns.pop(waiter_id, None)
+            if waiter is not None:
+                waiter.set(holder)
+        for event in outcome.events:
+            self._publish(event)
+
+    def watch(self, election: str, queue: MessageQueue) -> None:
+        if self.closed:
+            raise Unavailable("the node is shutting down")
+        self._watchers.setdefault(election, set()).add(queue)
+
+    def unwatch(self, election: str, queue: MessageQueue) -> None:
+        queues = self._watchers.get(election)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self._watchers[election]
+
+    def close(self) -> None:
+        """End every waiting Campaign and Watch: the node is shutting down."""
+        self.closed = True
+        for waiter in self._campaigns.values():
+            waiter.fail(Unavailable("the node is shutting down"))
+        self._campaigns.clear()
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.force(CLOSING)
+        self._watchers.clear()
+
+    def _publish(self, event: Event) -> None:
+        holder: Holder | None = event.holder
+        log.info(
+            "%s %r: %s (token %d)",
+            event.kind.name.lower(),
+            event.election,
+            holder.node_id if holder else "-",
+            holder.fencing_token if holder else 0,
+        )
+        queues = self._watchers.get(event.election)
+        if not queues:
+            return
+        for queue in list(queues):
+            if not queue.put_nowait(event):
+                queue.force(OVERFLOW)
+                queues.discard(queue)
