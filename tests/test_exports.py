@@ -25,7 +25,8 @@ def test_all_lists_each_public_name_once_and_each_exists(name: str) -> None:
     for public in exported:
         assert hasattr(module, public), f"{name}.__all__ names {public}, which is missing"
     public_attrs = {
-        attr for attr in vars(module)
+        attr
+        for attr in vars(module)
         if not attr.startswith("_") and not isinstance(getattr(module, attr), type(importlib))
     }
     assert public_attrs <= set(exported), f"{name} has public names missing from __all__"

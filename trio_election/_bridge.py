@@ -167,13 +167,13 @@ class GrpcServer:
         await trio_asyncio.aio_as_trio(self._server.wait_closed)()
 
 
-async def recv_request(stream: grpclib.server.Stream) -> Any:
+async def recv_request(stream: grpclib.server.Stream, limit: int = MAX_REQUEST_BYTES) -> Any:
     """Read one message from ``stream``, refusing oversized or undecodable input.
 
     Returns None at the end of a client stream.
 
     Raises:
-        GRPCError: RESOURCE_EXHAUSTED over :data:`MAX_REQUEST_BYTES` (before the
+        GRPCError: RESOURCE_EXHAUSTED over ``limit`` bytes (before the
             body is read), INVALID_ARGUMENT when the bytes do not decode.
     """
     raw = stream._stream
@@ -183,10 +183,10 @@ async def recv_request(stream: grpclib.server.Stream) -> Any:
     if header[0]:
         raise GRPCError(Status.UNIMPLEMENTED, "request: compressed messages are not supported")
     size = int.from_bytes(header[1:5], "big")
-    if size > MAX_REQUEST_BYTES:
+    if size > limit:
         raise GRPCError(
             Status.RESOURCE_EXHAUSTED,
-            f"request: message of {size} bytes is over the limit of {MAX_REQUEST_BYTES} bytes",
+            f"request: message of {size} bytes is over the limit of {limit} bytes",
         )
     data = await _recv_exactly(raw, size, "message")
     try:
@@ -244,9 +244,15 @@ class Waiter:
         if not self._future.done():
             self._future.set_exception(exc)
 
-    async def wait(self) -> Any:
-        """Await the result (from an asyncio handler)."""
-        return await asyncio.shield(self._future)
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Await the result (from an asyncio handler).
+
+        Raises:
+            TimeoutError: nothing was set within ``timeout`` seconds.
+        """
+        if timeout is None:
+            return await asyncio.shield(self._future)
+        return await asyncio.wait_for(asyncio.shield(self._future), timeout)
 
 
 class MessageQueue:

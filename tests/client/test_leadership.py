@@ -17,9 +17,10 @@ async def test_body_is_cancelled_before_the_server_deadline_when_the_server_goes
     proxy = FreezableProxy("127.0.0.1", node_port)
     proxy_port = await nursery.start(proxy.serve)
     cancelled_at = None
-    async with open_client([f"127.0.0.1:{proxy_port}"]) as silent, open_client(
-        [f"127.0.0.1:{node_port}"]
-    ) as direct:
+    async with (
+        open_client([f"127.0.0.1:{proxy_port}"]) as silent,
+        open_client([f"127.0.0.1:{node_port}"]) as direct,
+    ):
         with pytest.raises(LeadershipLost):
             async with silent.leadership("prod", node_id="w1", ttl=TTL) as lead:
                 await trio.sleep(2 * TTL)  # a few renewals go through

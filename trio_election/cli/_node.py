@@ -52,6 +52,30 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "start. A client that held an election before the restart may still be working, "
         "so two clients could both act as leader.",
     )
+    cluster = parser.add_argument_group(
+        "cluster", "run as a member of a Raft cluster of three or five nodes"
+    )
+    cluster.add_argument("--id", help="this node's name in the cluster, e.g. n1")
+    cluster.add_argument(
+        "--initial-cluster",
+        metavar="ID=HOST:PORT,...",
+        help="bootstrap a new cluster of these members (the same on every one of them)",
+    )
+    cluster.add_argument(
+        "--join", metavar="HOST:PORT", help="join an existing cluster through any member"
+    )
+    cluster.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="the address other nodes reach this one at (default: --listen)",
+    )
+    cluster.add_argument(
+        "--tick",
+        type=float,
+        default=0.05,
+        metavar="SECONDS",
+        help="Raft tick: heartbeats every tick, elections after 10-20 ticks (default %(default)g)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -64,13 +88,39 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
     max_ttl_ms = round(args.max_ttl * 1000)
     if not MIN_TTL_MS <= max_ttl_ms <= MAX_MAX_TTL_MS:
         raise SystemExit(f"--max-ttl must be between {MIN_TTL_MS / 1000} and 86400 seconds")
+    initial = parse_initial_cluster(args.initial_cluster) if args.initial_cluster else None
+    if (initial or args.join) and not args.id:
+        raise SystemExit("--initial-cluster and --join need --id")
+    if initial and args.join:
+        raise SystemExit("give --initial-cluster or --join, not both")
+    if args.id and args.in_memory:
+        raise SystemExit("a cluster member needs a data dir (it votes): drop --in-memory")
+    advertise = args.advertise
+    if advertise is None and initial is not None and args.id in initial:
+        advertise = initial[args.id]
     return NodeConfig(
         host=host,
         port=port,
         data_dir=None if args.in_memory else args.data_dir,
         max_ttl_ms=max_ttl_ms,
         start_grace=not args.unsafe_no_start_grace,
+        node_id=args.id,
+        initial_cluster=initial,
+        join=args.join,
+        advertise=advertise,
+        tick_s=args.tick,
     )
+
+
+def parse_initial_cluster(value: str) -> dict[str, str]:
+    """``n1=h:p,n2=h:p`` to ``{"n1": "h:p", ...}``."""
+    members: dict[str, str] = {}
+    for item in value.split(","):
+        member_id, sep, address = item.strip().partition("=")
+        if not sep or not member_id or ":" not in address:
+            raise SystemExit(f"--initial-cluster: {item!r} is not ID=HOST:PORT")
+        members[member_id] = address
+    return members
 
 
 def run(args: argparse.Namespace) -> int:

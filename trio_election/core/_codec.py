@@ -60,8 +60,14 @@ def dump_machine(machine: ElectionMachine) -> bytes:
         "last_token": machine.last_token,
         "revision": machine.revision,
         "leases": [
-            [e, lease.node_id, lease.token, lease.ttl_ms, lease.value.decode("latin-1"),
-             lease.renewals]
+            [
+                e,
+                lease.node_id,
+                lease.token,
+                lease.ttl_ms,
+                lease.value.decode("latin-1"),
+                lease.renewals,
+            ]
             for e, lease in machine._leases.items()
         ],
         "queues": {e: [_fields(c) for c in queue] for e, queue in machine._queues.items()},

@@ -24,6 +24,15 @@ class NodeConfig:
             holder from before a restart may still be working.
         watch_buffer: Events a watcher may fall behind before it is dropped.
         shutdown_grace_s: How long calls in progress may finish on shutdown.
+        node_id: This node's name in a cluster (``--id``).
+        initial_cluster: ``{id: "host:port"}`` of a cluster to bootstrap.
+        join: ``host:port`` of any member of a cluster to join.
+        advertise: The address other nodes reach this one at; defaults to
+            ``host:port`` (the bound port, with port 0).
+        tick_s: The Raft tick. Elections time out after 10 to 20 ticks
+            without a leader; the leader heartbeats every tick.
+        request_timeout_s: How long a command may take to commit before the
+            client is told UNAVAILABLE (no quorum, no leader).
     """
 
     host: str = "127.0.0.1"
@@ -33,3 +42,17 @@ class NodeConfig:
     start_grace: bool = True
     watch_buffer: int = 1024
     shutdown_grace_s: float = 2.0
+    node_id: str | None = None
+    initial_cluster: dict[str, str] | None = None
+    join: str | None = None
+    advertise: str | None = None
+    tick_s: float = 0.05
+    request_timeout_s: float = 5.0
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this node runs Raft (or rejoins a cluster from its data dir)."""
+        return bool(self.node_id and (self.initial_cluster or self.join or self._has_raft_log()))
+
+    def _has_raft_log(self) -> bool:
+        return self.data_dir is not None and (self.data_dir / "raft.db").exists()

@@ -1,0 +1,149 @@
+"""The Cluster service (status, membership) and the RaftTransport between nodes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .._bridge import GRPCError, Status, recv_request
+from .._errors import ElectionError, InvalidArgument
+from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
+from ..raft import CodecError, ConfChange, ConfChangeType, Role, decode_message
+from ._cluster import ClusterNode
+from ._status import to_grpc_error
+
+log = logging.getLogger("trio_election.cluster")
+
+#: Largest Raft batch a node reads (snapshots travel in these).
+MAX_PEER_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+async def _request(stream: Any) -> Any:
+    request = await recv_request(stream)
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: missing")
+    return request
+
+
+class ClusterService(cluster_grpc.ClusterBase):
+    """Status and membership, for operators and joining nodes."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+
+    def _members(self, with_progress: bool) -> list[pb.Member]:
+        node = self.node
+        status = node.raw.status()
+        last = status.last_index
+        members = []
+        for member_id, address in sorted(node.members.items()):
+            member = pb.Member(id=member_id, address=address, is_leader=member_id == node.leader)
+            if with_progress:
+                if member_id == node.id:
+                    member.match_index, member.healthy = last, True
+                elif (progress := status.progress.get(member_id)) is not None:
+                    member.match_index = progress.match
+                    member.lag = max(0, last - progress.match)
+                    member.healthy = progress.recent_active
+            members.append(member)
+        return members
+
+    async def Status(self, stream: Any) -> None:
+        await _request(stream)
+        node = self.node
+        status = node.raw.status()
+        leading = status.role is Role.LEADER
+        await stream.send_message(
+            pb.StatusResponse(
+                id=node.id,
+                leader=node.leader or "",
+                term=status.term,
+                commit_index=status.commit,
+                applied_index=node.applied,
+                role=status.role.name.lower().replace("_", "-"),
+                members=self._members(with_progress=leading),
+                from_leader=leading,
+            )
+        )
+
+    async def MemberAdd(self, stream: Any) -> None:
+        request = await _request(stream)
+        try:
+            member_id = self.node.limits.name("id", request.id)
+            if not request.address:
+                raise InvalidArgument("address", "must not be empty")
+            if member_id in self.node.members:
+                if self.node.members[member_id] != request.address:
+                    raise InvalidArgument(
+                        "id", f"{member_id} is a member at {self.node.members[member_id]} already"
+                    )
+            else:
+                await self.node.change_membership(
+                    ConfChange(ConfChangeType.ADD_NODE, member_id, request.address.encode())
+                )
+        except ElectionError as exc:
+            raise to_grpc_error(exc) from None
+        await self._send_members(stream)
+
+    async def MemberRemove(self, stream: Any) -> None:
+        request = await _request(stream)
+        try:
+            member_id = self.node.limits.name("id", request.id)
+            if member_id not in self.node.members:
+                raise GRPCError(Status.NOT_FOUND, f"id: {member_id} is not a member")
+            await self.node.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, member_id))
+        except ElectionError as exc:
+            raise to_grpc_error(exc) from None
+        await self._send_members(stream)
+
+    async def MemberList(self, stream: Any) -> None:
+        await _request(stream)
+        try:
+            await self.node.read("")  # linearizable: as of a quorum-confirmed index
+        except ElectionError as exc:
+            raise to_grpc_error(exc) from None
+        await self._send_members(stream)
+
+    async def _send_members(self, stream: Any) -> None:
+        await stream.send_message(
+            pb.MemberListResponse(members=self._members(False), leader=self.node.leader or "")
+        )
+
+
+class RaftTransportService(cluster_grpc.RaftTransportBase):
+    """Receives other nodes' Raft messages and forwarded proposals."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.streams: set[Any] = set()
+
+    async def Send(self, stream: Any) -> None:
+        node = self.node
+        self.streams.add(stream)
+        try:
+            while (batch := await recv_request(stream, MAX_PEER_MESSAGE_BYTES)) is not None:
+                if batch.to != node.id:
+                    raise GRPCError(
+                        Status.FAILED_PRECONDITION,
+                        f"to: this is node {node.id}, not {batch.to}",
+                    )
+                for data in batch.messages:
+                    try:
+                        node.raw.step(decode_message(data))
+                    except CodecError as exc:
+                        log.warning(
+                            "undecodable Raft message from %s: %s", getattr(batch, "from"), exc
+                        )
+                    except Exception as exc:  # noqa: BLE001 - a bad message must not stop us
+                        log.debug("Raft message from %s refused: %r", getattr(batch, "from"), exc)
+                node._wake.set()
+            await stream.send_message(pb.SendAck())
+        finally:
+            self.streams.discard(stream)
+
+    async def Propose(self, stream: Any) -> None:
+        request = await _request(stream)
+        accepted = self.node.propose_forwarded(request.data, request.conf_change)
+        await stream.send_message(
+            pb.ProposeResponse(accepted=accepted, leader=self.node.leader or "")
+        )
