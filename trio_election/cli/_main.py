@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _client_commands, _node
+from . import _client_commands, _cluster_commands, _node
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _node.add_parser(commands)
     _client_commands.add_parsers(commands)
+    _cluster_commands.add_parsers(commands)
     return parser
 
 

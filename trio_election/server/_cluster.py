@@ -77,6 +77,8 @@ class ClusterNode:
         self.clock = clock
         self.machine = ElectionMachine()
         self.members: dict[str, str] = {}
+        # Ids removed from the cluster; never reused, and told so if they call.
+        self.removed_members: set[str] = set()
         self.closing = False
         self.leader: str | None = None
         self.role = Role.FOLLOWER
@@ -153,7 +155,11 @@ class ClusterNode:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.peers = Peers(
-                    self.id, nursery, self.raw.report_unreachable, self.raw.report_snapshot
+                    self.id,
+                    nursery,
+                    self.raw.report_unreachable,
+                    self.raw.report_snapshot,
+                    self._told_removed,
                 )
                 self.peers.update(self.members)
                 nursery.start_soon(self._ready_loop)
@@ -409,6 +415,7 @@ class ClusterNode:
             log.info("member %s added at %s", change.node_id, self.members[change.node_id])
         else:
             self.members.pop(change.node_id, None)
+            self.removed_members.add(change.node_id)
             log.info("member %s removed", change.node_id)
             if change.node_id == self.id:
                 self.removed.set()
@@ -417,6 +424,12 @@ class ClusterNode:
         waiter = self._conf_waiters.pop((change.type, change.node_id), None)
         if waiter is not None:
             waiter.set()
+
+    def _told_removed(self, by: str) -> None:
+        # A peer that applied our removal refuses our messages: the leader
+        # stopped replicating to us, so we would never apply it ourselves.
+        log.warning("%s says this node was removed from the cluster", by)
+        self.removed.set()
 
     def _release_reads(self) -> None:
         keep = []
@@ -431,13 +444,18 @@ class ClusterNode:
 
     def _snapshot_data(self) -> bytes:
         return json.dumps(
-            {"machine": dump_machine(self.machine).decode(), "members": self.members}
+            {
+                "machine": dump_machine(self.machine).decode(),
+                "members": self.members,
+                "removed": sorted(self.removed_members),
+            }
         ).encode()
 
     def _restore(self, snapshot: Snapshot) -> None:
         state = json.loads(snapshot.data)
         self.machine = load_machine(state["machine"].encode(), self.clock())
         self.members = dict(state["members"])
+        self.removed_members = set(state["removed"])
         self.applied = self._snapshot_index = snapshot.metadata.index
         self._conf_state = snapshot.metadata.conf_state
 

@@ -63,6 +63,7 @@ class ClusterService(cluster_grpc.ClusterBase):
                 role=status.role.name.lower().replace("_", "-"),
                 members=self._members(with_progress=leading),
                 from_leader=leading,
+                peer_bytes_sent=node.peers.bytes_sent if node.peers else 0,
             )
         )
 
@@ -72,6 +73,10 @@ class ClusterService(cluster_grpc.ClusterBase):
             member_id = self.node.limits.name("id", request.id)
             if not request.address:
                 raise InvalidArgument("address", "must not be empty")
+            if member_id in self.node.removed_members:
+                raise InvalidArgument(
+                    "id", f"{member_id} was removed from this cluster; give the node a new id"
+                )
             if member_id in self.node.members:
                 if self.node.members[member_id] != request.address:
                     raise InvalidArgument(
@@ -122,6 +127,12 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
         self.streams.add(stream)
         try:
             while (batch := await recv_request(stream, MAX_PEER_MESSAGE_BYTES)) is not None:
+                sender = getattr(batch, "from")
+                if sender in node.removed_members:
+                    raise GRPCError(
+                        Status.PERMISSION_DENIED,
+                        f"from: node {sender} was removed from the cluster",
+                    )
                 if batch.to != node.id:
                     raise GRPCError(
                         Status.FAILED_PRECONDITION,

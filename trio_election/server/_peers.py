@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from .._bridge import Channel
+from .._bridge import Channel, GRPCError, Status, StreamTerminatedError
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
 from ..client._transport import parse_endpoint
 from ..raft import Message, MessageType, encode_message
@@ -35,6 +35,7 @@ class Peers:
         nursery: Where the sender tasks run.
         unreachable: Called with a peer id when sending to it failed.
         snapshot_status: Called with ``(peer, delivered)`` for each snapshot.
+        removed: Called with a peer id when that peer says we were removed.
     """
 
     def __init__(
@@ -43,11 +44,13 @@ class Peers:
         nursery: trio.Nursery,
         unreachable: Callable[[str], None],
         snapshot_status: Callable[[str, bool], None],
+        removed: Callable[[str], None],
     ) -> None:
         self._self_id = self_id
         self._nursery = nursery
         self._unreachable = unreachable
         self._snapshot_status = snapshot_status
+        self._removed = removed
         self._senders: dict[str, _Sender] = {}
         self.bytes_sent = 0
 
@@ -117,6 +120,13 @@ class _Sender:
                             await self._send_batch(stream, batch)
                             failures = 0
                             batch = [await self._receive.receive()]
+                except GRPCError as exc:
+                    if exc.status is Status.PERMISSION_DENIED:
+                        self.peers._removed(self.peer)
+                        return
+                    failures += 1
+                    self._failed(batch + self._drain(everything=True))
+                    await trio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))
                 except Exception as exc:  # noqa: BLE001 - any failure: peer unreachable
                     if failures == 0:
                         log.info("peer %s at %s unreachable: %r", self.peer, self.address, exc)
@@ -136,9 +146,13 @@ class _Sender:
     async def _send_batch(self, stream, batch: list[Message]) -> None:
         messages = [encode_message(m) for m in batch]
         self.peers.bytes_sent += sum(len(m) for m in messages)
-        await stream.send(
-            pb.RaftBatch(**{"from": self.peers._self_id}, to=self.peer, messages=messages)
-        )
+        try:
+            await stream.send(
+                pb.RaftBatch(**{"from": self.peers._self_id}, to=self.peer, messages=messages)
+            )
+        except StreamTerminatedError:
+            await stream.recv()  # raises the status the peer ended the stream with, if any
+            raise
         for message in batch:
             if message.type == MessageType.SNAP:
                 self.peers._snapshot_status(self.peer, True)
