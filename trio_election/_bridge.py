@@ -310,6 +310,9 @@ class Channel:
         cm = method.open(timeout=timeout)
         stream = await trio_asyncio.aio_as_trio(cm.__aenter__)()
         try:
+            # Send the headers now: grpclib refuses to receive on a stream
+            # whose request is not sent yet, and our readers may start first.
+            await trio_asyncio.aio_as_trio(stream.send_request)()
             yield _Stream(stream)
         except BaseException as exc:
             with trio.CancelScope(shield=True):

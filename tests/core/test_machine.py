@@ -796,3 +796,16 @@ def test_try_acquire_after_grace_by_the_node_at_the_head_of_the_queue():
     assert [e.kind for e in out.events] == [EventKind.ELECTED]
     assert out.holder == Holder(E, "n1", 1, 250, b"v", 1.25)
     assert out.persist
+
+
+def test_the_same_campaign_applied_twice_keeps_its_place_and_is_not_superseded():
+    # A follower may hand the same Campaign to the leader twice (a retried
+    # forward): the second copy is no rival of the first.
+    m = ElectionMachine()
+    m.apply(acquire("n1"), 0.0)
+    m.apply(campaign("n2", "w2"), 0.0)
+    m.apply(campaign("n3", "w3"), 0.0)
+    again = m.apply(campaign("n2", "w2"), 0.1)
+    assert again.superseded == () and m.waiting(E) == 2
+    out = m.apply(Release(E, "n1"), 0.2)
+    assert [w for w, _ in out.granted] == ["w2"]

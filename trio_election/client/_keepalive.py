@@ -10,6 +10,7 @@ endpoint) for the next heartbeat.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 import trio
@@ -17,6 +18,8 @@ import trio
 from .._errors import ElectionError, Unavailable
 from .._generated.v1 import election_pb2 as pb
 from ._transport import Transport, backoff
+
+log = logging.getLogger("trio_election.client")
 
 
 class _Slot:
@@ -65,7 +68,9 @@ class KeepAlive:
                         await self._forward(stream, first)
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - a broken stream, in whatever wrapping
-                self._fail(first[1], _as_unavailable(exc))
+                error = _as_unavailable(exc)
+                log.debug("KeepAlive stream failed (%d in a row): %s", failures + 1, error)
+                self._fail(first[1], error)
                 failures += 1
                 await backoff(failures)
 

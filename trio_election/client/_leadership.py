@@ -17,6 +17,7 @@ heartbeat that the server refuses (someone else holds it) cancels at once.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import trio
@@ -24,6 +25,8 @@ import trio
 from .._errors import ElectionError, LeadershipLost
 from ._keepalive import KeepAlive
 from ._types import Leader
+
+log = logging.getLogger("trio_election.client")
 
 
 @dataclass(eq=False)
@@ -81,7 +84,8 @@ async def keep(lead: Leadership, keepalive: KeepAlive, interval: float) -> None:
         with trio.move_on_at(lead.deadline) as scope:
             try:
                 reply = await keepalive.heartbeat(lead.election, lead.node_id, lead.fencing_token)
-            except ElectionError:
+            except ElectionError as exc:
+                log.debug("heartbeat for %r failed: %s", lead.election, exc)
                 reply = None
         if scope.cancelled_caught:
             lead._lose("no heartbeat succeeded before the client-side deadline")

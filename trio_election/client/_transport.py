@@ -67,21 +67,34 @@ class Transport:
             self._channels[index] = Channel(host, port, election_grpc.LeaderElectionStub)
         return self._channels[index]
 
-    def fail_over(self, failed: Channel) -> None:
-        """Move to the next endpoint if ``failed`` is still the current one."""
-        if self._channels.get(self._current) is failed:
-            log.debug("endpoint %s:%d failed; trying the next", *self.endpoints[self._current])
+    def fail_over(self, failed: Channel, *, broken: bool = False) -> None:
+        """Move to the next endpoint if ``failed`` is still the current one.
+
+        ``broken``: the connection itself failed; drop the channel, so the
+        next use of that endpoint opens a fresh connection.
+        """
+        index = next((i for i, c in self._channels.items() if c is failed), None)
+        if index is None:
+            return
+        if broken:
+            del self._channels[index]
+            failed.close()
+        if index == self._current:
+            log.debug("endpoint %s:%d failed; trying the next", *self.endpoints[index])
             self._current = (self._current + 1) % len(self.endpoints)
 
-    async def call(self, name: str, request: Any, timeout: float | None = None) -> Any:
+    async def call(self, name: str, request: Any, timeout: float | None | object = ...) -> Any:
         """Call unary method ``name``, failing over once round the endpoints.
+
+        ``timeout`` defaults to the client's; None means no deadline (Campaign).
 
         Raises:
             Unavailable: no endpoint answered.
             DeadlineExceeded: the call took longer than ``timeout``.
             InvalidArgument: the server refused a field.
         """
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is ...:
+            timeout = self.timeout
         last: BaseException | None = None
         for _ in range(len(self.endpoints)):
             channel = self.channel()
@@ -91,10 +104,12 @@ class Transport:
                 if exc.status is not Status.UNAVAILABLE:
                     raise from_status(exc) from None
                 last = exc
-            except CONNECTION_ERRORS as exc:
-                last = exc
             except TimeoutError:
-                raise DeadlineExceeded(f"{name} took longer than {timeout:g} s") from None
+                raise DeadlineExceeded(f"{name} took longer than {timeout} s") from None
+            except Exception as exc:  # noqa: BLE001 - a broken connection, however reported
+                last = exc
+                self.fail_over(channel, broken=True)
+                continue
             self.fail_over(channel)
         raise Unavailable(f"no endpoint answered {name}: {last}") from None
 
@@ -109,8 +124,12 @@ class Transport:
             if exc.status is Status.UNAVAILABLE:
                 self.fail_over(channel)
             raise from_status(exc) from None
-        except CONNECTION_ERRORS as exc:
-            self.fail_over(channel)
+        except ElectionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - OSError, StreamTerminatedError, ProtocolError...
+            # grpclib reports a dead connection in several ways, some of them
+            # only on the next stream opened on it.
+            self.fail_over(channel, broken=True)
             raise Unavailable(f"{name} stream broke: {exc!r}") from None
 
     def close(self) -> None:

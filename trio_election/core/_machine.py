@@ -287,7 +287,8 @@ class ElectionMachine:
         for position, waiting in enumerate(queue):
             if waiting.node_id == cmd.node_id:
                 queue[position] = cmd  # keeps its place in line
-                return (waiting.waiter,)
+                # The same call proposed twice (a retried forward) is no rival.
+                return () if waiting.waiter == cmd.waiter else (waiting.waiter,)
         queue.append(cmd)
         return ()
 

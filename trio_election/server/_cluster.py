@@ -308,26 +308,39 @@ class ClusterNode:
             self._forward(data, conf_change=False, request_id=request_id)
 
     def _forward(self, data: bytes, *, conf_change: bool, request_id: str) -> None:
-        leader = self.leader
-        channel = None if leader is None else self.peers.channel(leader)
-        if channel is None:
-            raise Unavailable(self._why_no_commit())
-        self._nursery.start_soon(self._send_forward, channel, data, conf_change, request_id)
+        deadline = trio.current_time() + self.config.request_timeout_s
+        self._nursery.start_soon(self._send_forward, data, conf_change, request_id, deadline)
 
-    async def _send_forward(self, channel, data: bytes, conf_change: bool, request_id: str) -> None:
+    async def _send_forward(
+        self, data: bytes, conf_change: bool, request_id: str, deadline: float
+    ) -> None:
+        """Hand a proposal to the Raft leader, again after a leader change.
+
+        Sending one twice is harmless: every command is idempotent for its
+        requester (a second Renew renews, a second Acquire refreshes, a
+        second Release finds nothing to release, a Campaign replaces its own
+        queue entry), and the requester hears the outcome of the first.
+        """
         from .._generated.v1 import cluster_pb2
 
         request = cluster_pb2.ProposeRequest(data=data, conf_change=conf_change)
-        try:
-            reply = await channel.unary(
-                channel.stub.Propose, request, self.config.request_timeout_s
-            )
-            accepted = reply.accepted
-        except Exception as exc:  # noqa: BLE001 - the leader could not be reached
-            log.debug("forwarding to %s failed: %r", self.leader, exc)
-            accepted = False
-        if not accepted and request_id in self._pending:
-            self._pending[request_id].fail(Unavailable("the Raft leader changed; retry"))
+        with trio.move_on_at(deadline):
+            while not request_id or request_id in self._pending:
+                leader = self.leader
+                if leader == self.id and self.propose_forwarded(data, conf_change):
+                    return
+                channel = None if leader is None else self.peers.channel(leader)
+                if channel is not None:
+                    try:
+                        reply = await channel.unary(
+                            channel.stub.Propose, request, max(0.1, deadline - trio.current_time())
+                        )
+                        if reply.accepted:
+                            return
+                    except Exception as exc:  # noqa: BLE001 - the leader could not be reached
+                        log.debug("forwarding to %s failed: %r", leader, exc)
+                # Wait for the cluster to settle on a (new) leader.
+                await trio.sleep(2 * self.config.tick_s)
 
     def _why_no_commit(self) -> str:
         if self.leader is None:

@@ -115,8 +115,11 @@ class RaftStore(MemoryStorage):
         db.execute("BEGIN IMMEDIATE")
         try:
             if snapshot is not None and not snapshot.is_empty:
+                # A received snapshot replaces the whole log (as in the
+                # cache): a suffix past it conflicts with it, or the core
+                # would not have restored it.
                 self._write_snapshot(snapshot)
-                db.execute("DELETE FROM entries WHERE idx <= ?", (snapshot.metadata.index,))
+                db.execute("DELETE FROM entries")
             if entries:
                 # A leader may have overwritten our suffix: drop it first.
                 db.execute("DELETE FROM entries WHERE idx >= ?", (entries[0].index,))
