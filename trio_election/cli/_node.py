@@ -138,10 +138,16 @@ async def _main(config: NodeConfig) -> None:
     # process (trio-asyncio issue #118).
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, config)
-            async for signum in signals:
-                logging.getLogger("trio_election.server").info(
-                    "%s: shutting down", signal.Signals(signum).name
-                )
-                nursery.cancel_scope.cancel()
-                break
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("trio_election.server").info(
+                        "%s: shutting down", signal.Signals(signum).name
+                    )
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            # serve returns by itself when this node is removed from its cluster.
+            await serve(config)
+            nursery.cancel_scope.cancel()
