@@ -57,6 +57,7 @@ __all__ = [
     "Waiter",
     "asyncio_loop",
     "end_streams",
+    "serve_in_order",
     "recv_request",
 ]
 
@@ -222,6 +223,42 @@ async def end_streams(streams: Collection[grpclib.server.Stream], error: GRPCErr
 
     for stream in list(streams):
         await trio_asyncio.aio_as_trio(end)(stream)
+
+
+async def serve_in_order(
+    stream: grpclib.server.Stream,
+    handle: Callable[[Any], Any],
+    *,
+    limit: int,
+    stop: Callable[[], bool],
+) -> None:
+    """Answer a client stream's requests concurrently, replying in order.
+
+    ``handle(request)`` returns an awaitable reply; up to ``limit`` run at once
+    (a cluster commits them together). An error from a request ends the
+    stream when its turn to be answered comes. ``stop()`` is checked before
+    each request is taken.
+    """
+    replies: asyncio.Queue[Any] = asyncio.Queue(limit)
+
+    async def read() -> None:
+        try:
+            while (request := await recv_request(stream)) is not None and not stop():
+                await replies.put(asyncio.ensure_future(handle(request)))
+        finally:
+            await replies.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (reply := await replies.get()) is not None:
+            await stream.send_message(await reply)
+        await reader  # raises what the reader met (a bad message, say)
+    finally:
+        reader.cancel()
+        while not replies.empty():
+            pending = replies.get_nowait()
+            if pending is not None:
+                pending.cancel()
 
 
 class Waiter:

@@ -69,6 +69,9 @@ SNAPSHOT_KEEP = 1_000
 class ClusterNode:
     """One member of a Raft cluster; same interface as the single ``Node``."""
 
+    #: Each renewal waits for its commit: a stream's may wait together.
+    pipelined = True
+
     def __init__(self, config: NodeConfig, clock=trio.current_time) -> None:
         assert config.node_id and config.data_dir is not None
         self.config = config

@@ -39,6 +39,9 @@ class Node:
     ``run`` has started.
     """
 
+    #: Renewals finish at once here: no use answering a stream's concurrently.
+    pipelined = False
+
     def __init__(self, config: NodeConfig, clock: Callable[[], float] = trio.current_time) -> None:
         self.config = config
         self.limits = Limits(config.max_ttl_ms)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._bridge import GRPCError, MessageQueue, Status, recv_request
+from .._bridge import GRPCError, MessageQueue, Status, recv_request, serve_in_order
 from .._errors import ElectionError
 from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
@@ -25,6 +25,9 @@ from ._hub import CLOSING, OVERFLOW
 from ._status import to_grpc_error
 
 log = logging.getLogger("trio_election.service")
+
+#: Renewals of one KeepAlive stream that may wait for their commit at once.
+KEEPALIVE_WINDOW = 256
 
 Handler = Callable[["LeaderElectionService", Any], Awaitable[None]]
 
@@ -177,6 +180,13 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     async def KeepAlive(self, stream: Any) -> None:
         self.streams.add(stream)
         try:
+            if self.node.pipelined:
+                # Each renewal waits for a commit: let a window of them commit
+                # together, and answer in order.
+                await serve_in_order(
+                    stream, self._renew, limit=KEEPALIVE_WINDOW, stop=lambda: self.node.closing
+                )
+                return
             while (request := await recv_request(stream)) is not None:
                 if self.node.closing:
                     return  # already ended with UNAVAILABLE by the shutdown
