@@ -1,9 +1,13 @@
 #!/usr/bin/env python
-"""Benchmark one trio-election node: throughput, server CPU, memory, hand-over.
+"""Benchmark trio-election: one node, then a three-node Raft cluster.
 
 Usage::
 
-    python tools/bench.py [--quick] [--json] [--duration S] [--workers N]
+    python tools/bench.py [--cluster] [--quick] [--json] [--duration S] [--workers N]
+
+Without ``--cluster`` it measures one node (throughput, server CPU, memory,
+hand-over; phases 1-4 below), then a three-node cluster (phase 5); with
+``--cluster`` only the cluster.
 
 The node runs in its own process (``python -m trio_election node`` on a free
 port), started and killed by this script. The load comes from worker
@@ -40,7 +44,12 @@ Phases (each announced on stderr as it starts and ends):
    elections (TryBecomeLeader, long TTL, no keep-alive);
 4. hand-over: one client holds an election, another waits in Campaign; the
    time from the holder's ReleaseLeadership to the campaigner's reply, with
-   and without a data dir.
+   and without a data dir;
+5. a three-node cluster (tools/_bench_cluster.py, which describes it):
+   committed TryBecomeLeader refreshes and KeepAlive heartbeats at
+   concurrency 1, 16, 64, 256, sent to all nodes round-robin and to the Raft
+   leader only, with CPU summed over the nodes and bytes sent between them;
+   then failover, three rounds of SIGKILL to the Raft leader.
 
 Synchronisation never sleeps on the clock, except the bounded poll of the
 node's port until it accepts connections. A campaigner is known to be queued
@@ -150,9 +159,15 @@ def free_port() -> int:
 class NodeProcess:
     """``python -m trio_election node`` in a child process."""
 
-    def __init__(self, data_dir: Path | None, max_ttl_s: float = 600) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None,
+        max_ttl_s: float = 600,
+        port: int | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self._log = tempfile.TemporaryFile()
         args = [
             sys.executable,
@@ -170,6 +185,7 @@ class NodeProcess:
             args += ["--in-memory", "--unsafe-no-start-grace"]
         else:
             args += ["--data-dir", str(data_dir)]
+        args += extra or []
         self.proc = subprocess.Popen(
             args,
             cwd=REPO,
@@ -673,7 +689,12 @@ class _Control:
 
 
 async def _worker_main() -> None:
-    commands = {"run": _cmd_run, "hold": _cmd_hold, "handover": _cmd_handover}
+    commands = {
+        "run": _cmd_run,
+        "hold": _cmd_hold,
+        "handover": _cmd_handover,
+        **_cluster_part().WORKER_COMMANDS,
+    }
     ctl = _Control()
     clients = _Clients()
     try:
@@ -1076,14 +1097,30 @@ def render(results: dict[str, Any]) -> str:
 # -- main --------------------------------------------------------------------------
 
 
+def _cluster_part() -> Any:
+    """tools/_bench_cluster.py, which uses this module's helpers as ``bench``."""
+    sys.modules.setdefault("bench", sys.modules[__name__])
+    tools = str(Path(__file__).resolve().parent)
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import _bench_cluster
+
+    return _bench_cluster
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short run (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="short run (a minute or two)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run only the three-node cluster part (the default runs one node, then a cluster)",
+    )
     parser.add_argument(
         "--duration", type=float, help="seconds per measurement (default 5, 1.5 with --quick)"
     )
@@ -1102,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
     n_elections = args.elections or (2_000 if args.quick else 10_000)
     rounds = 50 if args.quick else 200
     ka_configs = [(1, 64), (4, 64)]
-    # Ctrl-C and SIGTERM end the run through the finally below, which stops the node and the
+    # Ctrl-C and SIGTERM end the run through the finally below, which stops the nodes and the
     # workers (explicitly: a shell may start a background job with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -1122,26 +1159,31 @@ def main(argv: list[str] | None = None) -> int:
     workers: list[Worker] = []
     tmp = tempfile.mkdtemp(prefix="trio-election-bench-")
     try:
-        progress(f"starting {args.workers} load generator(s) and a node with --data-dir {tmp}")
+        progress(f"starting {args.workers} load generator(s)")
         workers = [Worker(i) for i in range(args.workers)]
-        node = NodeProcess(Path(tmp) / "data")
-        nodes.append(node)
-        node.wait_ready()
-        progress(f"node pid {node.pid} on port {node.port}")
-        results["unary"] = unary_phases(node, workers, duration, warmup)
-        results["keepalive"] = keepalive_phases(node, workers, duration, warmup, ka_configs)
-        handover = [handover_phase(node, workers[0], rounds, "data-dir")]
-        node.stop()
+        if not args.cluster:
+            progress(f"single node: starting a node with --data-dir {tmp}/data")
+            node = NodeProcess(Path(tmp) / "data")
+            nodes.append(node)
+            node.wait_ready()
+            progress(f"node pid {node.pid} on port {node.port}")
+            results["unary"] = unary_phases(node, workers, duration, warmup)
+            results["keepalive"] = keepalive_phases(node, workers, duration, warmup, ka_configs)
+            handover = [handover_phase(node, workers[0], rounds, "data-dir")]
+            node.stop()
 
-        progress("starting a fresh in-memory node")
-        node = NodeProcess(None, max_ttl_s=3600)
-        nodes.append(node)
-        node.wait_ready()
-        progress(f"node pid {node.pid} on port {node.port}")
-        results["memory"] = memory_phase(node, workers[0], n_elections)
-        handover.insert(0, handover_phase(node, workers[0], rounds, "in-memory"))
-        results["handover"] = handover
-        node.stop()
+            progress("starting a fresh in-memory node")
+            node = NodeProcess(None, max_ttl_s=3600)
+            nodes.append(node)
+            node.wait_ready()
+            progress(f"node pid {node.pid} on port {node.port}")
+            results["memory"] = memory_phase(node, workers[0], n_elections)
+            handover.insert(0, handover_phase(node, workers[0], rounds, "in-memory"))
+            results["handover"] = handover
+            node.stop()
+            _summarise_single(results)
+        # The cluster part stops its own nodes in a finally of its own.
+        results["cluster"] = _cluster_part().run(Path(tmp) / "cluster", workers, duration, warmup)
     finally:
         for worker in workers:
             worker.stop()
@@ -1149,6 +1191,18 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    progress("done")
+    if args.json:
+        print(json.dumps(results, indent=None))
+    else:
+        parts = [] if args.cluster else [render(results)]
+        parts.append(_cluster_part().render(results["cluster"], results["config"]))
+        print("\n\n".join(parts))
+    return 0
+
+
+def _summarise_single(results: dict[str, Any]) -> None:
+    """KeepAlive vs unary and the comparison table of the single-node part."""
     hb = min(
         (r for r in results["unary"] if r["kind"] == "heartbeat"),
         key=lambda r: r["server_cpu_us_per_op"],
@@ -1167,12 +1221,6 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_ratio": round(ka_fast["ops_per_s"] / hb_fast["ops_per_s"], 2),
     }
     results["comparison"] = comparison(results)
-    progress("done")
-    if args.json:
-        print(json.dumps(results, indent=None))
-    else:
-        print(render(results))
-    return 0
 
 
 if __name__ == "__main__":

@@ -73,11 +73,11 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     messages: tuple[Message, ...] = ()
     read_states: tuple[ReadState, ...] = ()
-
-    @property
-    def must_sync(self) -> bool:
-        """Whether the write must be fsynced (a vote/term/entries changed)."""
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+    #: Whether the write must be fsynced: entries, a snapshot, or a new term
+    #: or vote. A hard state whose only change is the commit index need not
+    #: be (as in etcd's MustSync): a lost commit index is learnt again from
+    #: the leader.
+    must_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,14 +287,20 @@ class RawNode:
         r = self._raft
         soft = r.soft_state()
         hard = r.hard_state()
+        prev = self._prev_hard
+        entries = tuple(r.log.unstable.entries)
+        snapshot = r.log.unstable.snapshot
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard and hard != HardState() else None,
-            entries=tuple(r.log.unstable.entries),
-            snapshot=r.log.unstable.snapshot,
+            hard_state=hard if hard != prev and hard != HardState() else None,
+            entries=entries,
+            snapshot=snapshot,
             committed_entries=tuple(r.log.next_committed_entries()),
             messages=tuple(r.msgs),
             read_states=tuple(r.read_states),
+            must_sync=bool(entries)
+            or snapshot is not None
+            or (hard.term, hard.vote) != (prev.term, prev.vote),
         )
         # Messages and read states are handed over now; durable state is only
         # acknowledged in advance().

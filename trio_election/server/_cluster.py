@@ -372,16 +372,27 @@ class ClusterNode:
                 await self._handle(self.raw.ready())
 
     async def _handle(self, rd: Ready) -> None:
+        # A leader that stays leader may send its appends while it writes its
+        # own copy (as etcd's server does): the core counts the leader's own
+        # entries toward a commit only once advance() says they are on disk.
+        # Everyone else (votes, acknowledgements) persists BEFORE sending.
+        early = self.role is Role.LEADER and (
+            rd.soft_state is None or rd.soft_state.role is Role.LEADER
+        )
+        if early:
+            self.peers.send(rd.messages)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.role)
         if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-            # Durable BEFORE the messages that depend on it are sent.
-            await trio.to_thread.run_sync(self._store.write, rd.hard_state, rd.entries, rd.snapshot)
+            await trio.to_thread.run_sync(
+                self._store.write, rd.hard_state, rd.entries, rd.snapshot, rd.must_sync
+            )
             self._store.remember(rd.hard_state, rd.entries, rd.snapshot)
         if rd.snapshot is not None and not rd.snapshot.is_empty:
             self._restore(rd.snapshot)
             self.peers.update(self.members)
-        self.peers.send(rd.messages)
+        if not early:
+            self.peers.send(rd.messages)
         for entry in rd.committed_entries:
             self._apply(entry)
         for state in rd.read_states:

@@ -108,9 +108,29 @@ class RaftStore(MemoryStorage):
     # -- writes -------------------------------------------------------------
 
     def write(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        sync: bool = True,
+    ) -> None:
+        """Persist one Ready in one transaction (blocking: run it in a thread).
+
+        ``sync=False`` (``Ready.must_sync`` false: only the commit index moved)
+        skips the fsync.
+        """
+        db = self._db
+        if not sync:
+            db.execute("PRAGMA synchronous=OFF")
+        try:
+            self._write(hard_state, entries, snapshot)
+        finally:
+            if not sync:
+                db.execute("PRAGMA synchronous=FULL")
+
+    def _write(
         self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
     ) -> None:
-        """Persist one Ready in one transaction (blocking: run it in a thread)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

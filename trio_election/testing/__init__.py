@@ -1,5 +1,10 @@
 """Test helpers for trio-election (importable by any test suite)."""
 
+from ._election_sim import (
+    ElectionReplica as ElectionReplica,
+    ElectionSimOptions as ElectionSimOptions,
+    ElectionSimulation as ElectionSimulation,
+)
 from ._proxy import FreezableProxy as FreezableProxy
 from ._raft_sim import (
     Cluster as Cluster,
@@ -13,6 +18,9 @@ from ._raft_sim import (
 
 __all__ = [
     "Cluster",
+    "ElectionReplica",
+    "ElectionSimOptions",
+    "ElectionSimulation",
     "FreezableProxy",
     "InvariantViolation",
     "KVStateMachine",

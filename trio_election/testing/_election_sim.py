@@ -71,10 +71,20 @@ from ._raft_sim import Cluster, InvariantViolation, SimOptions, Simulation
 #: * ``receive_time``: clients count from a reply's receive time, not the send time.
 #: * ``negative_margin``: clients keep believing ``ttl / 5`` past their deadline.
 #: * ``follower_expire``: followers apply their own ``due()`` expiries locally.
+#: * ``stale_release``: a client believes a grant that its own unanswered Release
+#:   of the same token may still end (a re-acquisition by the same node_id while
+#:   the Release is in flight is a refresh that keeps the token).
 #: * ``trust_campaign``: a Campaign grant is believed from its receipt, without a
 #:   confirming heartbeat.
 MUTATIONS = frozenset(
-    {"no_refresh", "receive_time", "negative_margin", "follower_expire", "trust_campaign"}
+    {
+        "no_refresh",
+        "receive_time",
+        "negative_margin",
+        "follower_expire",
+        "stale_release",
+        "trust_campaign",
+    }
 )
 
 _EPS = 1e-9  # float slack for "at the same instant"
@@ -91,19 +101,20 @@ class ElectionSimOptions:
     ticks: int = 400
     tick_s: float = 0.05
     clients: int = 4
-    elections: int = 2
-    ttl_ms: tuple[int, ...] = (500, 1000, 2000)
-    act: float = 0.15  # chance per tick that an idle client tries to take its election
-    campaign: float = 0.3  # share of attempts that Campaign instead of TryBecomeLeader
+    elections: int = 1
+    ttl_ms: tuple[int, ...] = (500, 1000)
+    act: float = 0.3  # chance per tick that an idle client tries to take its election
+    campaign: float = 0.4  # share of attempts that Campaign instead of TryBecomeLeader
     refresh: float = 0.15  # share of a holder's renewals sent as TryBecomeLeader
-    release: float = 0.01  # chance per tick that a holder releases
-    stall: float = 0.01  # chance per tick that a client stops sending for a while
+    release: float = 0.02  # chance per tick that a holder releases
+    stall: float = 0.03  # chance per tick that a client stops sending for a while
     max_stall: int = 60
+    crash_all: float = 0.0  # chance per tick that every node crashes at once
     net_drop: float = 0.03
     net_delay: float = 0.3
     max_net_delay: int = 4
-    slow: float = 0.02  # chance that a message takes up to max_slow_delay ticks
-    max_slow_delay: int = 40
+    slow: float = 0.05  # chance that a message takes up to max_slow_delay ticks
+    max_slow_delay: int = 30
     duplicate: float = 0.02  # chance that a client request arrives twice
     request_timeout: int = 40  # a node's wait for its entry to apply
     client_timeout: int = 50  # a client's wait for any reply
@@ -155,7 +166,9 @@ class _NodeState:
     leader: str | None = None
     leader_since: float | None = None
     seq: int = 0
-    pending: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # rid -> client, creq, until
+    pending: dict[str, tuple[str, int, int]] = field(
+        default_factory=dict
+    )  # rid -> client, creq, until
     waiters: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # + election
 
 
@@ -208,6 +221,8 @@ class _Client:
         self.creq = 0
         self.next_tick = 0  # no new request before this tick
         self.stalled_until = 0
+        self.releases: dict[int, int] = {}  # creq -> token of each unanswered Release
+        self.doubtful: set[int] = set()  # tokens an unanswered Release may still end
 
     # -- belief -------------------------------------------------------------
 
@@ -255,7 +270,7 @@ class _Client:
             self.stalled_until = tick + rng.randrange(1, eo.max_stall + 1)
             return
         if self.holding and rng.random() < eo.release:
-            sim._send_request(self, None, Release(self.election, self.id, self.token))
+            self._release(self.token)
             self._close(now)  # stops believing when it decides to release
             self.req = None
             self.next_tick = tick + rng.randrange(1, 20)
@@ -276,6 +291,15 @@ class _Client:
                 cmd = Acquire(self.election, self.id, self.ttl_ms, self.id.encode())
                 self._request("try", cmd, tick)
 
+    def _release(self, token: int) -> None:
+        # Until a reply shows that this Release was applied, it may still be in
+        # flight and end a later grant with the same token: a re-acquisition
+        # by the same node_id before it lands is a refresh that keeps the token.
+        self.creq += 1
+        self.releases[self.creq] = token
+        self.doubtful.add(token)
+        self.sim._send_request(self, self.creq, Release(self.election, self.id, token))
+
     def _request(self, kind: str, cmd: Command, tick: int, timeout: int | None = None) -> None:
         eo = self.sim.eopts
         limit = eo.client_timeout if timeout is None else timeout
@@ -290,10 +314,18 @@ class _Client:
         self.req = None
         self.next_tick = self.sim.cluster.now + self.sim.rng.randrange(1, 4)
 
+    def _doubt(self, token: int) -> bool:
+        return token in self.doubtful and self.sim.eopts.mutation != "stale_release"
+
     def on_reply(self, creq: int, ok: bool, holder: Holder | None, error: bool) -> None:
         sim = self.sim
         tick, now = sim.cluster.now, sim.clock()
         self.update(now)
+        released = self.releases.pop(creq, None)
+        if released is not None:
+            if not error:  # applied: it cannot end anything later
+                self.doubtful.discard(released)
+            return
         req = self.req
         if req is None or req.creq != creq:
             return  # a reply to an abandoned or duplicated request
@@ -307,6 +339,10 @@ class _Client:
                 self.confirming = None
             return
         if req.kind == "campaign":
+            if ok and mine and self._doubt(holder.fencing_token):
+                self._release(holder.fencing_token)
+                self.next_tick = tick + sim.rng.randrange(1, 10)
+                return
             if ok and mine:
                 sim._client_got_grant(self, holder)
                 if sim.eopts.mutation == "trust_campaign":
@@ -319,6 +355,13 @@ class _Client:
                 self._request("hb", Renew(self.election, self.id, self.token), tick)
             else:
                 self.next_tick = tick + sim.rng.randrange(1, 10)
+            return
+        if ok and mine and self._doubt(holder.fencing_token):
+            # Granted a token that our own earlier Release may still end: do not
+            # believe it; release it again, and wait for that to be answered.
+            self._close(now)
+            self._release(holder.fencing_token)
+            self.next_tick = tick + sim.rng.randrange(1, 10)
             return
         if ok and mine:
             if req.kind in ("try", "refresh"):
@@ -800,6 +843,10 @@ class ElectionSimulation(Simulation):
             if rng.random() < 0.9:  # imperfect clocks: a node sometimes misses a tick
                 c.tick(nid)
             self._drive_expiry(nid)
+        if rng.random() < self.eopts.crash_all:
+            for nid in self.ids:
+                if c.nodes[nid].alive:
+                    c.crash(nid)
         if rng.random() < o.partition:
             members = self._shuffled(self.ids)
             c.partition(members[: rng.randrange(1, len(members))])
