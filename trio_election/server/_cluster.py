@@ -229,7 +229,10 @@ class ClusterNode:
         waiter = Waiter()
         self._reads[ctx] = waiter
         try:
-            self.raw.read_index(ctx)
+            try:
+                self.raw.read_index(ctx)
+            except ProposalDropped:  # no Raft leader known: nobody to confirm with
+                raise Unavailable(self._why_no_commit()) from None
             self._wake.set()
             try:
                 await waiter.wait(self.config.request_timeout_s)

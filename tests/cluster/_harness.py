@@ -1,0 +1,247 @@
+"""Real node processes on loopback, for the cluster tests.
+
+A :class:`Cluster` starts ``python -m trio_election node`` processes, each with
+its own data dir and log file under the test's tmp_path, and talks to them
+over gRPC (the ``Cluster.Status`` RPC) from the test's Trio run. These are real
+processes with real clocks, so waiting for them is polling with short sleeps,
+always bounded by ``trio.fail_after``. Every process is SIGKILLed at teardown,
+whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from trio_election._bridge import Channel, GRPCError
+from trio_election._generated.v1 import cluster_grpc, cluster_pb2 as pb, election_grpc
+from trio_election.client._transport import CONNECTION_ERRORS
+
+#: How long a cluster may take to agree on a Raft leader (processes start in ~0.3 s).
+STABLE_TIMEOUT = 20.0
+#: Deadline of each Status poll.
+POLL_TIMEOUT = 1.0
+#: Pause between polls.
+POLL_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    """A port that was free a moment ago.
+
+    Members must know each other's addresses before any of them starts, so the
+    port is picked here by binding port 0 and closing the socket, not by the
+    node itself. Another process could take it in between (a small race,
+    acceptable on a test machine); the node would then fail to start and the
+    test would fail with its log printed, not pass wrongly.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class NodeProcess:
+    """One member: its identity, its data dir and log, and its process if running."""
+
+    id: str
+    address: str
+    data_dir: Path
+    log_path: Path
+    process: trio.Process | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class Cluster:
+    """Node processes under ``root``; use through the ``cluster`` fixture."""
+
+    def __init__(self, root: Path, tick: float = 0.05) -> None:
+        self.root = root
+        self.tick = tick
+        self.nodes: dict[str, NodeProcess] = {}
+
+    # -- processes ------------------------------------------------------------
+
+    def endpoints(self, ids: Iterable[str] | None = None) -> list[str]:
+        return [self.nodes[i].address for i in (self.nodes if ids is None else ids)]
+
+    def add(self, node_id: str) -> NodeProcess:
+        node = NodeProcess(
+            node_id,
+            f"127.0.0.1:{free_port()}",
+            self.root / node_id,
+            self.root / f"{node_id}.log",
+        )
+        self.nodes[node_id] = node
+        return node
+
+    async def start(self, count: int = 3) -> tuple[str, int]:
+        """Bootstrap ``count`` members n1..nN; return the agreed (leader, term)."""
+        ids = [f"n{i}" for i in range(1, count + 1)]
+        for node_id in ids:
+            self.add(node_id)
+        initial = ",".join(f"{i}={self.nodes[i].address}" for i in ids)
+        for node_id in ids:
+            await self.spawn(node_id, "--initial-cluster", initial)
+        return await self.wait_stable(ids)
+
+    async def spawn(self, node_id: str, *extra: str) -> NodeProcess:
+        """Start (or restart) ``node_id`` with ``--id --listen --data-dir`` and ``extra``."""
+        node = self.nodes[node_id]
+        assert not node.running, f"{node_id} is running already"
+        command = [sys.executable, "-m", "trio_election", "node", "--id", node_id]
+        command += ["--listen", node.address, "--data-dir", str(node.data_dir)]
+        command += ["--tick", str(self.tick), *extra]
+        with open(node.log_path, "ab") as log:
+            log.write(f"==== {' '.join(command[1:])}\n".encode())
+            log.flush()
+            node.process = await trio.lowlevel.open_process(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return node
+
+    async def restart(self, node_id: str) -> NodeProcess:
+        """Start a stopped member again from its data dir: no cluster flags at all."""
+        return await self.spawn(node_id)
+
+    async def kill(self, node_id: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` and wait (bounded) for the process to end; its exit code."""
+        node = self.nodes[node_id]
+        assert node.process is not None and node.running, f"{node_id} is not running"
+        node.process.send_signal(sig)
+        return await self.wait_exit(node_id, timeout=10)
+
+    async def wait_exit(self, node_id: str, timeout: float) -> int:
+        """Wait until ``node_id``'s process ends by itself; its exit code."""
+        node = self.nodes[node_id]
+        assert node.process is not None
+        with trio.fail_after(timeout):
+            code = await node.process.wait()
+        node.exit_codes.append(code)
+        return code
+
+    async def aclose(self) -> None:
+        """SIGKILL every process still running and reap it."""
+        with trio.CancelScope(shield=True):
+            for node in self.nodes.values():
+                if node.process is None:
+                    continue
+                if node.process.returncode is None:
+                    node.process.kill()
+                    with trio.move_on_after(10):
+                        node.exit_codes.append(await node.process.wait())
+
+    def logs(self) -> str:
+        parts = []
+        for node in self.nodes.values():
+            text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
+            parts.append(f"----- {node.id} ({node.address}) exits {node.exit_codes} -----\n{text}")
+        return "\n".join(parts)
+
+    # -- gRPC -------------------------------------------------------------------
+
+    def election_channel(self, node_id: str) -> Channel:
+        """A LeaderElection channel to one node only (close it when done)."""
+        host, _, port = self.nodes[node_id].address.rpartition(":")
+        return Channel(host, int(port), election_grpc.LeaderElectionStub)
+
+    async def status(self, node_id: str) -> pb.StatusResponse | None:
+        """``node_id``'s Cluster.Status, or None if it does not answer now."""
+        node = self.nodes[node_id]
+        channel = Channel("127.0.0.1", node.port, cluster_grpc.ClusterStub)
+        try:
+            return await channel.unary(channel.stub.Status, pb.StatusRequest(), POLL_TIMEOUT)
+        except (GRPCError, TimeoutError, *CONNECTION_ERRORS):
+            return None
+        finally:
+            channel.close()
+
+    async def wait_stable(
+        self, ids: Iterable[str] | None = None, timeout: float = STABLE_TIMEOUT
+    ) -> tuple[str, int]:
+        """Wait until every node of ``ids`` (default: the running ones) names the
+        same Raft leader, among them, in the same term, with the same members.
+
+        Returns:
+            The leader's id and the term.
+        """
+        ids = sorted(ids if ids is not None else [n.id for n in self.nodes.values() if n.running])
+        last: dict[str, object] = {}
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    statuses = {i: await self.status(i) for i in ids}
+                    last = {i: _summary(s) for i, s in statuses.items()}
+                    if all(statuses.values()):
+                        seen = {
+                            (s.leader, s.term, tuple(sorted(m.id for m in s.members)))
+                            for s in statuses.values()
+                        }
+                        if len(seen) == 1:
+                            leader, term, members = seen.pop()
+                            if leader in ids and set(ids) <= set(members):
+                                return leader, term
+                    await trio.sleep(POLL_INTERVAL)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"{ids} did not agree on a Raft leader within {timeout:g} s; last seen: "
+                + json.dumps(last, indent=1)
+            ) from None
+
+    async def wait_caught_up(self, node_id: str, index: int, timeout: float = 15.0) -> None:
+        """Wait until ``node_id`` has applied the entry at ``index``."""
+        status = None
+        try:
+            with trio.fail_after(timeout):
+                while (status := await self.status(node_id)) is None or (
+                    status.applied_index < index
+                ):
+                    await trio.sleep(POLL_INTERVAL)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"{node_id} did not apply {index} within {timeout:g} s: {_summary(status)}"
+            ) from None
+
+
+def _summary(status: pb.StatusResponse | None) -> object:
+    if status is None:
+        return None
+    return {
+        "leader": status.leader,
+        "term": status.term,
+        "role": status.role,
+        "commit": status.commit_index,
+        "applied": status.applied_index,
+        "members": [m.id for m in status.members],
+    }
+
+
+async def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[bytes]:
+    """``trio-election ARGS`` in a subprocess (it runs its own Trio loop)."""
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            [sys.executable, "-m", "trio_election", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
