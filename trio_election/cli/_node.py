@@ -9,8 +9,10 @@ from pathlib import Path
 
 import trio
 
+from .._util import unwrap_single_exception
 from ..core import DEFAULT_MAX_TTL_MS, MAX_MAX_TTL_MS, MIN_TTL_MS
 from ..server import NodeConfig, serve
+from ..server._raft_store import CorruptLog
 from ._common import parse_listen
 
 
@@ -70,6 +72,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the address other nodes reach this one at (default: --listen)",
     )
     cluster.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="snapshot the state and compact the log every N applied entries (default %(default)s)",
+    )
+    cluster.add_argument(
         "--tick",
         type=float,
         default=0.05,
@@ -109,6 +118,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         join=args.join,
         advertise=advertise,
         tick_s=args.tick,
+        snapshot_entries=args.snapshot_entries,
     )
 
 
@@ -129,7 +139,18 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = config_from(args)
-    trio.run(_main, config)
+    try:
+        with unwrap_single_exception():
+            trio.run(_main, config)
+    except (SystemExit, CorruptLog, OSError) as exc:
+        # A refusal to start (damaged log, wrong data dir, port in use) is a
+        # sentence for the operator, not a traceback.
+        if isinstance(exc, SystemExit) and not isinstance(exc.code, str):
+            raise
+        logging.getLogger("trio_election.server").error(
+            "%s", exc.code if isinstance(exc, SystemExit) else exc
+        )
+        return 1
     return 0
 
 

@@ -61,10 +61,6 @@ from ._raft_store import RaftStore
 
 log = logging.getLogger("trio_election.cluster")
 
-#: Entries applied between snapshots, and entries kept behind a snapshot.
-SNAPSHOT_EVERY = 10_000
-SNAPSHOT_KEEP = 1_000
-
 
 class ClusterNode:
     """One member of a Raft cluster; same interface as the single ``Node``."""
@@ -228,16 +224,24 @@ class ClusterNode:
         ctx = f"{self._boot}/{next(self._seq)}".encode()
         waiter = Waiter()
         self._reads[ctx] = waiter
+        deadline = trio.current_time() + self.config.request_timeout_s
+        # A read forwarded to a leader that then died is never answered: ask
+        # again after an election timeout's worth of ticks.
+        retry = 20 * self.config.tick_s
         try:
-            try:
-                self.raw.read_index(ctx)
-            except ProposalDropped:  # no Raft leader known: nobody to confirm with
-                raise Unavailable(self._why_no_commit()) from None
-            self._wake.set()
-            try:
-                await waiter.wait(self.config.request_timeout_s)
-            except TimeoutError:
-                raise Unavailable(self._why_no_commit()) from None
+            while True:
+                try:
+                    self.raw.read_index(ctx)
+                except ProposalDropped:  # no Raft leader known: nobody to confirm with
+                    raise Unavailable(self._why_no_commit()) from None
+                self._wake.set()
+                left = deadline - trio.current_time()
+                try:
+                    await waiter.wait(min(retry, left))
+                    break
+                except TimeoutError:
+                    if left <= retry:
+                        raise Unavailable(self._why_no_commit()) from None
         finally:
             self._reads.pop(ctx, None)
         return self.machine.holder(election)
@@ -404,7 +408,7 @@ class ClusterNode:
                 self._read_queue.append((state.index, waiter))
         self._release_reads()
         self.raw.advance(rd)
-        if self.applied - self._snapshot_index >= SNAPSHOT_EVERY:
+        if self.applied - self._snapshot_index >= self.config.snapshot_entries:
             await self._take_snapshot()
 
     def _on_soft_state(self, leader: str | None, role: Role) -> None:
@@ -493,7 +497,8 @@ class ClusterNode:
         index, data = self.applied, self._snapshot_data()
         store = self._store
         snapshot = store.create_snapshot(index, self._conf_state, data)
-        compact_to = max(index - SNAPSHOT_KEEP, store.first_index() - 1)
+        keep = self.config.snapshot_entries // 10
+        compact_to = max(index - keep, store.first_index() - 1)
         await trio.to_thread.run_sync(store.write_snapshot, snapshot, compact_to)
         if compact_to > store.first_index() - 1:
             store.compact(compact_to)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
-from .._bridge import GRPCError, Status, recv_request
+from h2.exceptions import StreamClosedError
+
+from .._bridge import GRPCError, Status, StreamTerminatedError, recv_request
 from .._errors import ElectionError, InvalidArgument
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
 from ..raft import CodecError, ConfChange, ConfChangeType, Role, decode_message
@@ -44,7 +47,9 @@ class ClusterService(cluster_grpc.ClusterBase):
                 elif (progress := status.progress.get(member_id)) is not None:
                     member.match_index = progress.match
                     member.lag = max(0, last - progress.match)
-                    member.healthy = progress.recent_active
+                    # Heard from within an election timeout (10 ticks).
+                    since = progress.ticks_since_active
+                    member.healthy = since is not None and since <= 10
             members.append(member)
         return members
 
@@ -148,7 +153,8 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
                     except Exception as exc:  # noqa: BLE001 - a bad message must not stop us
                         log.debug("Raft message from %s refused: %r", getattr(batch, "from"), exc)
                 node._wake.set()
-            await stream.send_message(pb.SendAck())
+            with contextlib.suppress(StreamTerminatedError, StreamClosedError):
+                await stream.send_message(pb.SendAck())  # the peer may be gone already
         finally:
             self.streams.discard(stream)
 

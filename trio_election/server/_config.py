@@ -33,6 +33,8 @@ class NodeConfig:
             without a leader; the leader heartbeats every tick.
         request_timeout_s: How long a command may take to commit before the
             client is told UNAVAILABLE (no quorum, no leader).
+        snapshot_entries: Applied entries between snapshots; a tenth of them
+            stays in the log behind each snapshot for slightly lagging peers.
     """
 
     host: str = "127.0.0.1"
@@ -47,6 +49,7 @@ class NodeConfig:
     join: str | None = None
     advertise: str | None = None
     tick_s: float = 0.05
+    snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0
 
     @property

@@ -71,9 +71,9 @@ from ._raft_sim import Cluster, InvariantViolation, SimOptions, Simulation
 #: * ``receive_time``: clients count from a reply's receive time, not the send time.
 #: * ``negative_margin``: clients keep believing ``ttl / 5`` past their deadline.
 #: * ``follower_expire``: followers apply their own ``due()`` expiries locally.
-#: * ``stale_release``: a client believes a grant that its own unanswered Release
-#:   of the same token may still end (a re-acquisition by the same node_id while
-#:   the Release is in flight is a refresh that keeps the token).
+#: * ``stale_release``: a client believes a grant of a token that it released
+#:   before (a re-acquisition by the same node_id while its Release is in flight
+#:   is a refresh that keeps the token, and the Release then ends it).
 #: * ``trust_campaign``: a Campaign grant is believed from its receipt, without a
 #:   confirming heartbeat.
 MUTATIONS = frozenset(
@@ -215,14 +215,12 @@ class _Client:
         self.holding = False
         self.confirming: tuple[int, float] | None = None  # campaign grant: token, campaign sent
         self.token = 0
-        self.deadline = -math.inf
         self.period: _Period | None = None
         self.req: _Request | None = None
         self.creq = 0
         self.next_tick = 0  # no new request before this tick
         self.stalled_until = 0
-        self.releases: dict[int, int] = {}  # creq -> token of each unanswered Release
-        self.doubtful: set[int] = set()  # tokens an unanswered Release may still end
+        self.released: set[int] = set()  # tokens this client ever released
 
     # -- belief -------------------------------------------------------------
 
@@ -292,12 +290,12 @@ class _Client:
                 self._request("try", cmd, tick)
 
     def _release(self, token: int) -> None:
-        # Until a reply shows that this Release was applied, it may still be in
-        # flight and end a later grant with the same token: a re-acquisition
-        # by the same node_id before it lands is a refresh that keeps the token.
+        # A Release may land after a later re-acquisition by the same node_id,
+        # which is a refresh that keeps the token: a reply granting a token we
+        # ever released proves nothing (even once the Release was answered,
+        # the grant's reply may be older news), so it is never believed.
         self.creq += 1
-        self.releases[self.creq] = token
-        self.doubtful.add(token)
+        self.released.add(token)
         self.sim._send_request(self, self.creq, Release(self.election, self.id, token))
 
     def _request(self, kind: str, cmd: Command, tick: int, timeout: int | None = None) -> None:
@@ -315,17 +313,12 @@ class _Client:
         self.next_tick = self.sim.cluster.now + self.sim.rng.randrange(1, 4)
 
     def _doubt(self, token: int) -> bool:
-        return token in self.doubtful and self.sim.eopts.mutation != "stale_release"
+        return token in self.released and self.sim.eopts.mutation != "stale_release"
 
     def on_reply(self, creq: int, ok: bool, holder: Holder | None, error: bool) -> None:
         sim = self.sim
         tick, now = sim.cluster.now, sim.clock()
         self.update(now)
-        released = self.releases.pop(creq, None)
-        if released is not None:
-            if not error:  # applied: it cannot end anything later
-                self.doubtful.discard(released)
-            return
         req = self.req
         if req is None or req.creq != creq:
             return  # a reply to an abandoned or duplicated request
@@ -357,8 +350,8 @@ class _Client:
                 self.next_tick = tick + sim.rng.randrange(1, 10)
             return
         if ok and mine and self._doubt(holder.fencing_token):
-            # Granted a token that our own earlier Release may still end: do not
-            # believe it; release it again, and wait for that to be answered.
+            # Granted a token that our own earlier Release may end (or ended):
+            # do not believe it; release it again, so the next grant is new.
             self._close(now)
             self._release(holder.fencing_token)
             self.next_tick = tick + sim.rng.randrange(1, 10)
