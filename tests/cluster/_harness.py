@@ -75,6 +75,8 @@ class Cluster:
         self.root = root
         self.tick = tick
         self.nodes: dict[str, NodeProcess] = {}
+        #: Flags every node gets (e.g. a small --snapshot-entries).
+        self.flags: tuple[str, ...] = ()
 
     # -- processes ------------------------------------------------------------
 
@@ -107,7 +109,7 @@ class Cluster:
         assert not node.running, f"{node_id} is running already"
         command = [sys.executable, "-m", "trio_election", "node", "--id", node_id]
         command += ["--listen", node.address, "--data-dir", str(node.data_dir)]
-        command += ["--tick", str(self.tick), *extra]
+        command += ["--tick", str(self.tick), *self.flags, *extra]
         with open(node.log_path, "ab") as log:
             log.write(f"==== {' '.join(command[1:])}\n".encode())
             log.flush()

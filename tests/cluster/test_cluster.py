@@ -402,3 +402,25 @@ async def test_cli_status_prints_every_member_and_the_leader(cluster: Cluster):
     assert (status["id"], status["role"], status["leader"]) == (follower, "follower", leader)
     assert [m["id"] for m in status["members"] if m["is_leader"]] == [leader]
     assert {m["id"] for m in status["members"]} == set(cluster.nodes)
+
+
+async def test_a_node_that_fell_behind_a_compacted_log_catches_up_by_snapshot(
+    cluster: Cluster,
+):
+    cluster.flags = ("--snapshot-entries", "40")
+    leader, _ = await cluster.start(3)
+    behind = next(i for i in cluster.nodes if i != leader)
+    await cluster.kill(behind)
+    async with open_client(cluster.endpoints([leader]), timeout=5) as client:
+        for i in range(120):  # three snapshots' worth: the leader compacts its log
+            assert (await client.try_become_leader(f"e{i}", f"w{i}", ttl=60)).success
+        status = await cluster.status(leader)
+        assert status is not None
+        commit = status.commit_index
+    await cluster.restart(behind)
+    await cluster.wait_caught_up(behind, commit)
+    assert "installed a snapshot" in cluster.nodes[behind].log_path.read_text()
+    async with open_client(cluster.endpoints([behind]), timeout=5) as restarted:
+        for i in (0, 77, 119):
+            held = await eventually(lambda i=i: restarted.get_leader(f"e{i}"))
+            assert held is not None and held.node_id == f"w{i}"

@@ -398,6 +398,7 @@ class ClusterNode:
         if rd.snapshot is not None and not rd.snapshot.is_empty:
             self._restore(rd.snapshot)
             self.peers.update(self.members)
+            log.info("installed a snapshot at index %d from the leader", self.applied)
         if not early:
             self.peers.send(rd.messages)
         for entry in rd.committed_entries:
