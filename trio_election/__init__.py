@@ -9,6 +9,7 @@ from ._errors import (
     InvalidArgument as InvalidArgument,
     LeadershipLost as LeadershipLost,
     NotElected as NotElected,
+    OutOfRange as OutOfRange,
     Superseded as Superseded,
     Unavailable as Unavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Leadership",
     "LeadershipLost",
     "NotElected",
+    "OutOfRange",
     "Superseded",
     "Unavailable",
     "open_client",

@@ -31,6 +31,11 @@ class Unavailable(ElectionError):
     """
 
 
+class OutOfRange(ElectionError):
+    """Raised when a watch asks to resume from a revision the node no longer
+    remembers (or has not reached); watch from the current state instead."""
+
+
 class Superseded(ElectionError):
     """Raised to a waiting Campaign when a newer Campaign for the same
     election and node_id took its place in the queue."""

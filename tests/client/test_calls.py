@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from contextlib import aclosing
 
 import pytest
 import trio
@@ -67,3 +68,76 @@ async def test_watch_yields_the_current_state_then_each_change(node_port: int) -
     assert [e.kind for e in events] == [EventKind.NO_LEADER, EventKind.ELECTED, EventKind.RELEASED]
     assert events[1].leader.node_id == "w1"
     assert [e.revision for e in events] == sorted({e.revision for e in events})
+
+
+async def test_watch_from_a_revision_replays_the_changes_since(node_port: int) -> None:
+    async with open_client([f"127.0.0.1:{node_port}"]) as client:
+        first = await client.try_become_leader("prod", "w1", 5)
+        await client.try_become_leader("other", "x", 5)  # not this election's
+        await client.release("prod", "w1")
+        await client.try_become_leader("prod", "w2", 5)
+        events = []
+        async with aclosing(client.watch("prod", start_revision=1)) as watch:
+            async for event in watch:
+                events.append(event)
+                if len(events) == 3:
+                    break
+    assert [(e.kind, e.leader.node_id) for e in events] == [
+        (EventKind.ELECTED, "w1"),
+        (EventKind.RELEASED, "w1"),
+        (EventKind.ELECTED, "w2"),
+    ]
+    assert events[0].leader.fencing_token == first.leader.fencing_token
+    assert [e.revision for e in events] == [1, 3, 4]
+
+
+async def test_watch_from_a_revision_the_node_has_not_reached_is_out_of_range(
+    node_port: int,
+) -> None:
+    from trio_election._bridge import Channel, GRPCError, Status, asyncio_loop
+    from trio_election._generated.v1 import election_grpc, election_pb2 as pb
+
+    async with asyncio_loop():
+        channel = Channel("127.0.0.1", node_port, election_grpc.LeaderElectionStub)
+        try:
+            with pytest.raises(GRPCError) as refused:
+                async with channel.stream(channel.stub.Watch) as stream:
+                    await stream.send(pb.WatchRequest(election="prod", start_revision=99), end=True)
+                    await stream.recv()
+            assert refused.value.status is Status.OUT_OF_RANGE
+            assert "start_revision: 99" in refused.value.message
+        finally:
+            channel.close()
+
+
+async def test_a_broken_watch_resumes_without_missing_a_change(
+    node_port: int, nursery: trio.Nursery
+) -> None:
+    from trio_election.testing import FreezableProxy
+
+    proxy = FreezableProxy("127.0.0.1", node_port)
+    proxy_port = await nursery.start(proxy.serve)
+    async with (
+        open_client([f"127.0.0.1:{proxy_port}"]) as watching,
+        open_client([f"127.0.0.1:{node_port}"]) as acting,
+    ):
+        seen = []
+        with trio.fail_after(10):
+            async with aclosing(watching.watch("prod")) as watch:
+                async for event in watch:
+                    seen.append(event)
+                    if len(seen) == 1:
+                        # Changes while the watch's connection is cut.
+                        await proxy.drop_connections()
+                        await acting.try_become_leader("prod", "w1", 5)
+                        await acting.release("prod", "w1")
+                        await acting.try_become_leader("prod", "w2", 5)
+                    if len(seen) == 4:
+                        break
+    assert [e.kind for e in seen] == [
+        EventKind.NO_LEADER,
+        EventKind.ELECTED,
+        EventKind.RELEASED,
+        EventKind.ELECTED,
+    ]
+    assert [e.revision for e in seen[1:]] == [1, 2, 3]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import trio
 
 from .._bridge import asyncio_loop
-from .._errors import ElectionError, InvalidArgument, NotElected, Unavailable
+from .._errors import ElectionError, InvalidArgument, NotElected, OutOfRange, Unavailable
 from .._generated.v1 import election_pb2 as pb
 from .._util import unwrap_single_exception
 from ._keepalive import KeepAlive
@@ -91,25 +91,34 @@ class Client:
                 continue
             return Leader.from_pb(reply.leader)
 
-    async def watch(self, election: str) -> AsyncIterator[LeaderEvent]:
+    async def watch(self, election: str, start_revision: int = 0) -> AsyncIterator[LeaderEvent]:
         """The current state of ``election``, then every change, as they happen.
 
-        If the stream breaks, it is opened again (on the next endpoint); the
-        first event after that is the current state again.
+        With ``start_revision``, every change from that revision on instead.
+        If the stream breaks, it is opened again (on the next endpoint) from
+        the revision after the last one seen, so no change is missed; if that
+        node no longer has the history, the watch starts again from the
+        current state (a NO_LEADER or ELECTED event).
         """
         failures = 0
+        resume = start_revision
         while True:
             try:
                 async with self._transport.stream("Watch") as stream:
-                    await stream.send(pb.WatchRequest(election=election), end=True)
+                    request = pb.WatchRequest(election=election, start_revision=resume)
+                    await stream.send(request, end=True)
                     while (message := await stream.recv()) is not None:
                         failures = 0
+                        resume = message.revision + 1
                         yield LeaderEvent(
                             EventKind(message.kind), leader_or_none(message), message.revision
                         )
                 return
             except InvalidArgument:
                 raise
+            except OutOfRange as exc:
+                log.info("watch %r: %s", election, exc)
+                resume = 0
             except ElectionError as exc:  # broken, dropped as too slow, or node gone
                 failures += 1
                 log.info("watch %r: %s; watching again", election, exc)

@@ -15,7 +15,14 @@ from typing import Any
 import trio
 
 from .._bridge import Channel, GRPCError, Status, StreamTerminatedError
-from .._errors import DeadlineExceeded, ElectionError, InvalidArgument, Superseded, Unavailable
+from .._errors import (
+    DeadlineExceeded,
+    ElectionError,
+    InvalidArgument,
+    OutOfRange,
+    Superseded,
+    Unavailable,
+)
 from .._generated.v1 import election_grpc
 
 log = logging.getLogger("trio_election.client")
@@ -46,6 +53,8 @@ def from_status(exc: GRPCError) -> ElectionError:
         return DeadlineExceeded(message)
     if exc.status is Status.ABORTED:
         return Superseded(message)
+    if exc.status is Status.OUT_OF_RANGE:
+        return OutOfRange(message)
     return ElectionError(f"{exc.status.name}: {message}")
 
 

@@ -8,13 +8,17 @@ a watcher too slow to keep up is dropped rather than slowing the node.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from itertools import count
 
 from .._bridge import MessageQueue, Waiter
-from .._errors import Superseded, Unavailable
+from .._errors import OutOfRange, Superseded, Unavailable
 from ..core import Event, Holder, Outcome
 
 log = logging.getLogger("trio_election.node")
+
+#: Recent events kept so that a watch can resume from a revision.
+HISTORY = 10_000
 
 #: Put in a watcher's queue when it fell too far behind, or the node closes.
 OVERFLOW = object()
@@ -33,6 +37,7 @@ class Hub:
         self._ids = count(1)
         self._campaigns: dict[str, Waiter] = {}
         self._watchers: dict[str, set[MessageQueue]] = {}
+        self._history: deque[Event] = deque(maxlen=HISTORY)
         self.closed = False
 
     def new_campaign(self) -> tuple[str, Waiter]:
@@ -71,6 +76,20 @@ class Hub:
             if not queues:
                 del self._watchers[election]
 
+    def history(self, election: str, start: int, current: int) -> list[Event]:
+        """This node's events of ``election`` with revision >= ``start``.
+
+        Raises:
+            OutOfRange: events from ``start`` on are no longer (or not yet) known.
+        """
+        oldest = self._history[0].revision if self._history else current + 1
+        if start > current + 1 or (start < oldest and start <= current):
+            raise OutOfRange(
+                f"start_revision: {start} is outside the history this node keeps "
+                f"({oldest}..{current}); watch from the current state"
+            )
+        return [e for e in self._history if e.revision >= start and e.election == election]
+
     def close(self) -> None:
         """End every waiting Campaign and Watch: the node is shutting down."""
         self.closed = True
@@ -83,6 +102,7 @@ class Hub:
         self._watchers.clear()
 
     def _publish(self, event: Event) -> None:
+        self._history.append(event)
         holder: Holder | None = event.holder
         log.info(
             "%s %r: %s (token %d)",

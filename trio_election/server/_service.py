@@ -201,8 +201,19 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         queue = MessageQueue(self.node.config.watch_buffer)
         holder, revision = self.node.watch(election, queue)
         try:
-            kind = EventKind.ELECTED if holder is not None else EventKind.NO_LEADER
-            await stream.send_message(self._event(Event(kind, election, holder, revision)))
+            if request.start_revision:
+                # Everything this election saw from there on, then live. No
+                # await between watch() and history(): nothing falls between.
+                replay = self.node.hub.history(election, request.start_revision, revision)
+                # Changes applied but not yet reported (on their way to disk)
+                # come through the queue: go on from the last one sent.
+                revision = request.start_revision - 1
+                for event in replay:
+                    await stream.send_message(self._event(event))
+                    revision = event.revision
+            else:
+                kind = EventKind.ELECTED if holder is not None else EventKind.NO_LEADER
+                await stream.send_message(self._event(Event(kind, election, holder, revision)))
             while True:
                 event = await queue.get()
                 if event is OVERFLOW:
@@ -213,8 +224,9 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
                     )
                 if event is CLOSING:
                     raise GRPCError(Status.UNAVAILABLE, "the node is shutting down")
-                if event.revision > revision:  # older ones were in the first state
+                if event.revision > revision:  # older ones were sent already
                     await stream.send_message(self._event(event))
+                    revision = event.revision
         finally:
             self.node.unwatch(election, queue)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .._bridge import GRPCError, Status
-from .._errors import ElectionError, InvalidArgument, Superseded, Unavailable
+from .._errors import ElectionError, InvalidArgument, OutOfRange, Superseded, Unavailable
 
 _STATUS: list[tuple[type[ElectionError], Status]] = [
     (InvalidArgument, Status.INVALID_ARGUMENT),
     (Unavailable, Status.UNAVAILABLE),
     (Superseded, Status.ABORTED),
+    (OutOfRange, Status.OUT_OF_RANGE),
 ]
 
 

@@ -20,6 +20,7 @@ class FreezableProxy:
         self._target = (target_host, target_port)
         self._flowing = trio.Event()
         self._flowing.set()
+        self._connections: set[trio.CancelScope] = set()
 
     def freeze(self) -> None:
         """Stop forwarding in both directions (connections stay open)."""
@@ -30,6 +31,12 @@ class FreezableProxy:
         """Forward again, including what arrived while frozen."""
         self._flowing.set()
 
+    async def drop_connections(self) -> None:
+        """Cut every open connection (clients see them break and reconnect)."""
+        for scope in list(self._connections):
+            scope.cancel()
+        await trio.sleep(0)
+
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         task_status.started(listeners[0].socket.getsockname()[1])
@@ -38,8 +45,10 @@ class FreezableProxy:
     async def _handle(self, downstream: trio.SocketStream) -> None:
         async with downstream, await trio.open_tcp_stream(*self._target) as upstream:
             async with trio.open_nursery() as nursery:
+                self._connections.add(nursery.cancel_scope)
                 nursery.start_soon(self._pump, downstream, upstream, nursery.cancel_scope)
                 nursery.start_soon(self._pump, upstream, downstream, nursery.cancel_scope)
+            self._connections.discard(nursery.cancel_scope)
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope
