@@ -143,3 +143,40 @@ async def test_cancelled_campaign_leaves_the_queue(
         await trio.sleep(0.1)
         assert await client.release("prod", "w1")
         assert await client.get_leader("prod") is None  # w2 is not waiting any more
+
+
+async def test_a_release_that_got_no_answer_is_remembered(
+    node_port: int, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    proxy = FreezableProxy("127.0.0.1", node_port)
+    proxy_port = await nursery.start(proxy.serve)
+    async with open_client([f"127.0.0.1:{proxy_port}"]) as client:
+        async with client.try_leadership("prod", node_id="w1", ttl=TTL) as lead:
+            proxy.freeze()  # the release on the way out gets no answer
+        assert client._unconfirmed == {("prod", "w1"): {lead.fencing_token}}
+        proxy.thaw()
+
+
+async def test_a_grant_of_a_token_whose_release_may_still_land_is_taken_afresh(
+    node_port: int, autojump_clock: trio.abc.Clock
+) -> None:
+    # The same node_id re-acquiring while its old Release is in flight gets the
+    # same token back (a refresh); that late Release would then end it under
+    # the new holder. The library must not trust such a grant.
+    async with (
+        open_client([f"127.0.0.1:{node_port}"]) as client,
+        open_client([f"127.0.0.1:{node_port}"]) as late,
+    ):
+        old = (await client.try_become_leader("prod", "w1", TTL)).leader.fencing_token
+        client._unconfirmed[("prod", "w1")] = {old}  # as if its Release got no answer
+        async with client.try_leadership("prod", node_id="w1", ttl=TTL) as lead:
+            assert lead.fencing_token > old
+            # The old Release lands now: it must not end the new leadership.
+            assert not await late.release("prod", "w1", old)
+            assert await client.is_leader("prod", "w1")
+        assert client._unconfirmed == {}
+        # The same for leadership(), which campaigns.
+        old = (await client.try_become_leader("prod", "w1", TTL)).leader.fencing_token
+        client._unconfirmed[("prod", "w1")] = {old}
+        async with client.leadership("prod", node_id="w1", ttl=TTL) as lead:
+            assert lead.fencing_token > old

@@ -34,6 +34,12 @@ class Client:
         self._transport = transport
         self._nursery = nursery
         self._keepalive: KeepAlive | None = None
+        # Tokens whose Release went out with no answer, per (election, node_id):
+        # it may still land. If the same node_id re-acquires the election
+        # meanwhile, the server refreshes that same token, and the late Release
+        # would end it under us; so such a grant is released (with an answer)
+        # and taken afresh before it is trusted.
+        self._unconfirmed: dict[tuple[str, str], set[int]] = {}
 
     # -- the RPCs -----------------------------------------------------------
 
@@ -147,7 +153,10 @@ class Client:
         Raises:
             LeadershipLost: the body was cancelled because leadership ended.
         """
-        leader = await self.campaign(election, node_id, ttl, value)
+        while True:
+            leader = await self.campaign(election, node_id, ttl, value)
+            if not await self._stale(leader):
+                break
         async with self._hold(leader, ttl, margin, sent=None) as lead:
             yield lead
 
@@ -166,12 +175,30 @@ class Client:
         Raises:
             NotElected: someone else holds the election.
         """
-        sent = trio.current_time()
-        attempt = await self.try_become_leader(election, node_id, ttl, value)
-        if not attempt.success or attempt.leader is None:
-            raise NotElected(election, attempt.leader)
+        for _ in range(2):
+            sent = trio.current_time()
+            attempt = await self.try_become_leader(election, node_id, ttl, value)
+            if not attempt.success or attempt.leader is None:
+                raise NotElected(election, attempt.leader)
+            if not await self._stale(attempt.leader):
+                break
+        else:
+            raise NotElected(election, None)
         async with self._hold(attempt.leader, ttl, margin, sent=sent) as lead:
             yield lead
+
+    async def _stale(self, leader: Leader) -> bool:
+        """Whether ``leader`` is a grant we released without an answer; if so,
+        release it again, this time waiting for the answer."""
+        key = (leader.election, leader.node_id)
+        tokens = self._unconfirmed.get(key, set())
+        if leader.fencing_token not in tokens:
+            return False
+        await self.release(leader.election, leader.node_id, leader.fencing_token)
+        tokens.discard(leader.fencing_token)
+        if not tokens:
+            self._unconfirmed.pop(key, None)
+        return True
 
     @contextlib.asynccontextmanager
     async def _hold(
@@ -216,10 +243,15 @@ class Client:
             check_lost(lead)
         finally:
             if lead.lost is None:
+                answered = False
                 with trio.move_on_after(1) as cleanup:
                     cleanup.shield = True
                     with contextlib.suppress(ElectionError):
                         await self.release(leader.election, leader.node_id, leader.fencing_token)
+                        answered = True
+                if not answered:
+                    key = (leader.election, leader.node_id)
+                    self._unconfirmed.setdefault(key, set()).add(leader.fencing_token)
 
     def _keepalive_stream(self) -> KeepAlive:
         if self._keepalive is None:
