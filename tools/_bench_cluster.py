@@ -650,29 +650,8 @@ WORKER_COMMANDS = {
 def comparison(load: list[dict[str, Any]], failover: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def row(
-        metric: str,
-        ours: float | None,
-        go: float | None = None,
-        target: tuple[str, float] | None = None,
-        etcd: float | None = None,
-    ) -> None:
-        meets = None
-        if target is not None and ours is not None:
-            op, value = target
-            meets = {">=": ours >= value, "<=": ours <= value, "<": ours < value}[op]
-        out.append(
-            {
-                "metric": metric,
-                "ours": ours,
-                "go": go,
-                "ours_over_go": round(ours / go, 2) if go and ours is not None else None,
-                "target": f"{target[0]} {target[1]:g}" if target else None,
-                "meets_target": meets,
-                "etcd": etcd,
-                "ours_over_etcd": round(ours / etcd, 2) if etcd and ours is not None else None,
-            }
-        )
+    def row(metric: str, ours: float | None, **against: Any) -> None:
+        out.append(b.comparison_row(metric, ours, **against))
 
     by = {(r["kind"], r["target"], r["concurrency"]): r for r in load}
     for kind in CLUSTER_KINDS:

@@ -863,6 +863,30 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def comparison_row(
+    metric: str,
+    ours: float | None,
+    go: float | None = None,
+    target: tuple[str, float] | None = None,
+    etcd: float | None = None,
+) -> dict[str, Any]:
+    """One row of a comparison table: our figure beside Go's, a target, etcd's."""
+    meets = None
+    if target is not None and ours is not None:
+        op, value = target
+        meets = {">=": ours >= value, "<=": ours <= value, "<": ours < value}[op]
+    return {
+        "metric": metric,
+        "ours": ours,
+        "go": go,
+        "ours_over_go": round(ours / go, 2) if go and ours is not None else None,
+        "target": f"{target[0]} {target[1]:g}" if target else None,
+        "meets_target": meets,
+        "etcd": round(etcd, 1) if etcd is not None else None,
+        "ours_over_etcd": round(ours / etcd, 2) if etcd and ours is not None else None,
+    }
+
+
 def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
     unary = {(r["kind"], r["concurrency"]): r for r in results["unary"]}
     ka = results["keepalive"]
@@ -875,29 +899,8 @@ def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
     ho = {h["node"]: h for h in results["handover"]}
     out: list[dict[str, Any]] = []
 
-    def row(
-        metric: str,
-        ours: float | None,
-        go: float | None = None,
-        target: tuple[str, float] | None = None,
-        etcd: float | None = None,
-    ) -> None:
-        meets = None
-        if target is not None and ours is not None:
-            op, value = target
-            meets = {">=": ours >= value, "<=": ours <= value, "<": ours < value}[op]
-        out.append(
-            {
-                "metric": metric,
-                "ours": ours,
-                "go": go,
-                "ours_over_go": round(ours / go, 2) if go and ours is not None else None,
-                "target": f"{target[0]} {target[1]:g}" if target else None,
-                "meets_target": meets,
-                "etcd": round(etcd, 1) if etcd is not None else None,
-                "ours_over_etcd": round(ours / etcd, 2) if etcd and ours is not None else None,
-            }
-        )
+    def row(metric: str, ours: float | None, **against: Any) -> None:
+        out.append(comparison_row(metric, ours, **against))
 
     row(
         "renewals/s via KeepAlive, measured",
