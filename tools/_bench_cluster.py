@@ -650,8 +650,8 @@ WORKER_COMMANDS = {
 def comparison(load: list[dict[str, Any]], failover: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def row(metric: str, ours: float | None, **against: Any) -> None:
-        out.append(b.comparison_row(metric, ours, **against))
+    def row(metric: str, ours: float | None, *against: Any, **named: Any) -> None:
+        out.append(b.comparison_row(metric, ours, *against, **named))
 
     by = {(r["kind"], r["target"], r["concurrency"]): r for r in load}
     for kind in CLUSTER_KINDS:

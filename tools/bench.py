@@ -899,8 +899,8 @@ def comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
     ho = {h["node"]: h for h in results["handover"]}
     out: list[dict[str, Any]] = []
 
-    def row(metric: str, ours: float | None, **against: Any) -> None:
-        out.append(comparison_row(metric, ours, **against))
+    def row(metric: str, ours: float | None, *against: Any, **named: Any) -> None:
+        out.append(comparison_row(metric, ours, *against, **named))
 
     row(
         "renewals/s via KeepAlive, measured",

@@ -37,6 +37,7 @@ import trio
 
 from .._bridge import MessageQueue, Waiter
 from .._errors import ElectionError, Unavailable
+from .._generated.v1 import cluster_pb2
 from ..core import CancelWait, Command, ElectionMachine, Holder, Limits, Outcome
 from ..core._codec import decode_command, dump_machine, encode_command, load_machine
 from ..raft import (
@@ -53,7 +54,9 @@ from ..raft import (
     Role,
     Snapshot,
     decode_conf_change,
+    encode_conf_change,
 )
+from ._cluster_client import add_member
 from ._config import NodeConfig
 from ._hub import Hub
 from ._peers import Peers
@@ -179,8 +182,6 @@ class ClusterNode:
             waiter.fail(Unavailable("the node is shutting down"))
 
     async def _join(self) -> None:
-        from ._cluster_client import add_member
-
         members = await add_member(self.config.join, self.id, self.advertise)
         log.info("joined through %s: members %s", self.config.join, ", ".join(sorted(members)))
         self.members = members
@@ -280,8 +281,6 @@ class ClusterNode:
         return dict(self.members)
 
     def propose_conf_change(self, change: ConfChange) -> None:
-        from ..raft import encode_conf_change
-
         if self.role is Role.LEADER:
             try:
                 self.raw.propose_conf_change(change)
@@ -331,8 +330,6 @@ class ClusterNode:
         second Release finds nothing to release, a Campaign replaces its own
         queue entry), and the requester hears the outcome of the first.
         """
-        from .._generated.v1 import cluster_pb2
-
         request = cluster_pb2.ProposeRequest(data=data, conf_change=conf_change)
         with trio.move_on_at(deadline):
             while not request_id or request_id in self._pending:
