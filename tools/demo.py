@@ -288,7 +288,7 @@ async def run_story(story, procs, nursery, nodes, initial, tmp) -> None:
         say(
             "cluster",
             f"{', '.join(survivors)} elected {new_leader} as Raft leader "
-            f"in {trio.current_time() - down_at:.1f} s",
+            f"(seen {trio.current_time() - down_at:.1f} s after the kill, polling status)",
         )
         await trio.sleep(TTL)  # more than a TTL: client-3 must have renewed through others
         after = await client.get_leader(ELECTION)
