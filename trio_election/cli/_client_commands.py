@@ -39,6 +39,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     watch = commands.add_parser("watch", help="print every change of an election's holder")
     watch.add_argument("election")
+    watch.add_argument(
+        "--from-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replay the changes since revision N first (default: start with the current state)",
+    )
     add_client_options(watch)
     watch.set_defaults(run=_runner(_watch))
 
@@ -100,7 +107,7 @@ async def _release(client: Any, args: argparse.Namespace) -> int:
 
 
 async def _watch(client: Any, args: argparse.Namespace) -> int:
-    async for event in client.watch(args.election):
+    async for event in client.watch(args.election, start_revision=args.from_revision):
         who = describe(event.leader) if event.leader else "no leader"
         emit(
             args,
