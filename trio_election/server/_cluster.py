@@ -387,11 +387,16 @@ class ClusterNode:
             self.peers.send(rd.messages)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.role)
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+        if rd.must_sync:
             await trio.to_thread.run_sync(
-                self._store.write, rd.hard_state, rd.entries, rd.snapshot, rd.must_sync
+                self._store.write, rd.hard_state, rd.entries, rd.snapshot, True
             )
             self._store.remember(rd.hard_state, rd.entries, rd.snapshot)
+        elif rd.hard_state is not None:
+            # Only the commit index moved: no fsync, so no worker thread either
+            # (the hop would cost more than the write).
+            self._store.write(rd.hard_state, (), None, False)
+            self._store.remember(rd.hard_state, (), None)
         if rd.snapshot is not None and not rd.snapshot.is_empty:
             self._restore(rd.snapshot)
             self.peers.update(self.members)
