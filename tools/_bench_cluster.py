@@ -809,35 +809,12 @@ def render(cluster: dict[str, Any], config: dict[str, Any]) -> str:
         f"The renewing client (TTL {RENEW_TTL_MS} ms, every {RENEW_INTERVAL_S * 1000:g} ms, "
         "through a follower) is shown with the time its renewals got through again."
     )
-    crow = []
-    for c in cluster["comparison"]:
-        fmt = ",.0f" if c["ours"] is not None and abs(c["ours"]) >= 100 else ",.3f"
-        crow.append(
-            [
-                c["metric"],
-                b._num(c["ours"], fmt),
-                b._num(c["go"], ",.0f") if c["go"] is not None else "-",
-                b._num(c["ours_over_go"], ".2f") + ("x" if c["ours_over_go"] is not None else ""),
-                c["target"] or "-",
-                "-" if c["meets_target"] is None else ("yes" if c["meets_target"] else "NO"),
-                b._num(c["etcd"], ",.0f") if c["etcd"] is not None else "-",
-                b._num(c["ours_over_etcd"], ".2f")
-                + ("x" if c["ours_over_etcd"] is not None else ""),
-            ]
-        )
     parts.append(
-        b._table(
-            [
-                "cluster vs the original Go service, DESIGN targets and etcd 3.4",
-                "ours",
-                "Go",
-                "ours/Go",
-                "target",
-                "met",
-                "etcd",
-                "ours/etcd",
-            ],
-            crow,
+        b.comparison_table(
+            "cluster vs the original Go service, DESIGN targets and etcd 3.4",
+            cluster["comparison"],
+            small=",.3f",
+            etcd=",.0f",
         )
     )
     parts.append(

@@ -863,6 +863,27 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def comparison_table(title: str, rows: list[dict[str, Any]], small: str, etcd: str) -> str:
+    """The table of :func:`comparison_row` rows: ``small`` formats figures under 100."""
+    cells = []
+    for c in rows:
+        fmt = ",.0f" if c["ours"] is not None and abs(c["ours"]) >= 100 else small
+        cells.append(
+            [
+                c["metric"],
+                _num(c["ours"], fmt),
+                _num(c["go"], ",.0f") if c["go"] is not None else "-",
+                _num(c["ours_over_go"], ".2f") + ("x" if c["ours_over_go"] is not None else ""),
+                c["target"] or "-",
+                "-" if c["meets_target"] is None else ("yes" if c["meets_target"] else "NO"),
+                _num(c["etcd"], etcd) if c["etcd"] is not None else "-",
+                _num(c["ours_over_etcd"], ".2f") + ("x" if c["ours_over_etcd"] is not None else ""),
+            ]
+        )
+    headers = [title, "ours", "Go", "ours/Go", "target", "met", "etcd", "ours/etcd"]
+    return _table(headers, cells)
+
+
 def comparison_row(
     metric: str,
     ours: float | None,
@@ -1058,34 +1079,12 @@ def render(results: dict[str, Any]) -> str:
             ],
         )
     )
-    crow = []
-    for c in results["comparison"]:
-        fmt = ",.0f" if c["ours"] is not None and abs(c["ours"]) >= 100 else ",.2f"
-        crow.append(
-            [
-                c["metric"],
-                _num(c["ours"], fmt),
-                _num(c["go"], ",.0f") if c["go"] is not None else "-",
-                _num(c["ours_over_go"], ".2f") + ("x" if c["ours_over_go"] is not None else ""),
-                c["target"] or "-",
-                "-" if c["meets_target"] is None else ("yes" if c["meets_target"] else "NO"),
-                _num(c["etcd"], ",.1f") if c["etcd"] is not None else "-",
-                _num(c["ours_over_etcd"], ".2f") + ("x" if c["ours_over_etcd"] is not None else ""),
-            ]
-        )
     parts.append(
-        _table(
-            [
-                "vs the original Go service, DESIGN targets and etcd 3.4",
-                "ours",
-                "Go",
-                "ours/Go",
-                "target",
-                "met",
-                "etcd",
-                "ours/etcd",
-            ],
-            crow,
+        comparison_table(
+            "vs the original Go service, DESIGN targets and etcd 3.4",
+            results["comparison"],
+            small=",.2f",
+            etcd=",.1f",
         )
     )
     parts.append(
