@@ -72,6 +72,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the address other nodes reach this one at (default: --listen)",
     )
     cluster.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long a command may wait for a leader and its commit before the client is "
+        "told UNAVAILABLE (default %(default)g)",
+    )
+    cluster.add_argument(
         "--snapshot-entries",
         type=int,
         default=10_000,
@@ -119,6 +127,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         advertise=advertise,
         tick_s=args.tick,
         snapshot_entries=args.snapshot_entries,
+        request_timeout_s=args.request_timeout,
     )
 
 
