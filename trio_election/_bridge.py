@@ -58,6 +58,7 @@ __all__ = [
     "asyncio_loop",
     "end_streams",
     "serve_in_order",
+    "recv_one_request",
     "recv_request",
 ]
 
@@ -259,6 +260,14 @@ async def serve_in_order(
             pending = replies.get_nowait()
             if pending is not None:
                 pending.cancel()
+
+
+async def recv_one_request(stream: grpclib.server.Stream) -> Any:
+    """The request of a call that takes exactly one (INVALID_ARGUMENT if none)."""
+    request = await recv_request(stream)
+    if request is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "request: missing")
+    return request
 
 
 class Waiter:

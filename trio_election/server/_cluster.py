@@ -35,10 +35,10 @@ from itertools import count
 
 import trio
 
-from .._bridge import MessageQueue, Waiter
+from .._bridge import Waiter
 from .._errors import ElectionError, Unavailable
 from .._generated.v1 import cluster_pb2
-from ..core import CancelWait, Command, ElectionMachine, Holder, Limits, Outcome
+from ..core import Command, ElectionMachine, Holder, Limits, Outcome
 from ..core._codec import decode_command, dump_machine, encode_command, load_machine
 from ..raft import (
     ConfChange,
@@ -58,14 +58,14 @@ from ..raft import (
 )
 from ._cluster_client import add_member
 from ._config import NodeConfig
-from ._hub import Hub
+from ._hub import Hub, HubClient
 from ._peers import Peers
 from ._raft_store import RaftStore
 
 log = logging.getLogger("trio_election.cluster")
 
 
-class ClusterNode:
+class ClusterNode(HubClient):
     """One member of a Raft cluster; same interface as the single ``Node``."""
 
     #: Each renewal waits for its commit: a stream's may wait together.
@@ -246,20 +246,6 @@ class ClusterNode:
         finally:
             self._reads.pop(ctx, None)
         return self.machine.holder(election)
-
-    def new_campaign(self) -> tuple[str, Waiter]:
-        return self.hub.new_campaign()
-
-    def end_campaign(self, election: str, waiter_id: str) -> None:
-        if self.hub.forget_campaign(waiter_id):
-            self.submit(CancelWait(election, waiter_id))
-
-    def watch(self, election: str, queue: MessageQueue) -> tuple[Holder | None, int]:
-        self.hub.watch(election, queue)
-        return self.machine.holder(election), self.machine.revision
-
-    def unwatch(self, election: str, queue: MessageQueue) -> None:
-        self.hub.unwatch(election, queue)
 
     # -- membership -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from h2.exceptions import StreamClosedError
 
-from .._bridge import GRPCError, Status, StreamTerminatedError, recv_request
+from .._bridge import GRPCError, Status, StreamTerminatedError, recv_one_request, recv_request
 from .._errors import ElectionError, InvalidArgument
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
 from ..raft import CodecError, ConfChange, ConfChangeType, Role, decode_message
@@ -19,13 +19,6 @@ log = logging.getLogger("trio_election.cluster")
 
 #: Largest Raft batch a node reads (snapshots travel in these).
 MAX_PEER_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-async def _request(stream: Any) -> Any:
-    request = await recv_request(stream)
-    if request is None:
-        raise GRPCError(Status.INVALID_ARGUMENT, "request: missing")
-    return request
 
 
 class ClusterService(cluster_grpc.ClusterBase):
@@ -54,7 +47,7 @@ class ClusterService(cluster_grpc.ClusterBase):
         return members
 
     async def Status(self, stream: Any) -> None:
-        await _request(stream)
+        await recv_one_request(stream)
         node = self.node
         status = node.raw.status()
         leading = status.role is Role.LEADER
@@ -73,7 +66,7 @@ class ClusterService(cluster_grpc.ClusterBase):
         )
 
     async def MemberAdd(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         try:
             member_id = self.node.limits.name("id", request.id)
             if not request.address:
@@ -96,7 +89,7 @@ class ClusterService(cluster_grpc.ClusterBase):
         await self._send_members(stream)
 
     async def MemberRemove(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         try:
             member_id = self.node.limits.name("id", request.id)
             if member_id not in self.node.members:
@@ -107,7 +100,7 @@ class ClusterService(cluster_grpc.ClusterBase):
         await self._send_members(stream)
 
     async def MemberList(self, stream: Any) -> None:
-        await _request(stream)
+        await recv_one_request(stream)
         try:
             await self.node.read("")  # linearizable: as of a quorum-confirmed index
         except ElectionError as exc:
@@ -159,7 +152,7 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
             self.streams.discard(stream)
 
     async def Propose(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         accepted = self.node.propose_forwarded(request.data, request.conf_change)
         await stream.send_message(
             pb.ProposeResponse(accepted=accepted, leader=self.node.leader or "")

@@ -13,7 +13,7 @@ from itertools import count
 
 from .._bridge import MessageQueue, Waiter
 from .._errors import OutOfRange, Superseded, Unavailable
-from ..core import Event, Holder, Outcome
+from ..core import CancelWait, Command, ElectionMachine, Event, Holder, Outcome
 
 log = logging.getLogger("trio_election.node")
 
@@ -118,3 +118,33 @@ class Hub:
             if not queue.put_nowait(event):
                 queue.force(OVERFLOW)
                 queues.discard(queue)
+
+
+class HubClient:
+    """What both kinds of node offer handlers for Campaign and Watch.
+
+    The node provides ``hub``, ``machine`` and ``submit``.
+    """
+
+    hub: Hub
+    machine: ElectionMachine
+
+    def submit(self, command: Command) -> None:
+        raise NotImplementedError
+
+    def new_campaign(self) -> tuple[str, Waiter]:
+        """A fresh waiter id and the Waiter its grant will be reported to."""
+        return self.hub.new_campaign()
+
+    def end_campaign(self, election: str, waiter_id: str) -> None:
+        """The Campaign call ended: leave the queue if still in it."""
+        if self.hub.forget_campaign(waiter_id):
+            self.submit(CancelWait(election, waiter_id))
+
+    def watch(self, election: str, queue: MessageQueue) -> tuple[Holder | None, int]:
+        """Register ``queue`` for the events of ``election``; return the state now."""
+        self.hub.watch(election, queue)
+        return self.machine.holder(election), self.machine.revision
+
+    def unwatch(self, election: str, queue: MessageQueue) -> None:
+        self.hub.unwatch(election, queue)

@@ -22,17 +22,17 @@ from collections.abc import Callable
 
 import trio
 
-from .._bridge import MessageQueue, Waiter
+from .._bridge import Waiter
 from .._errors import Unavailable
-from ..core import Acquire, CancelWait, Command, ElectionMachine, Holder, Limits, Outcome
+from ..core import Acquire, Command, ElectionMachine, Holder, Limits, Outcome
 from ._config import NodeConfig
-from ._hub import Hub
+from ._hub import Hub, HubClient
 from ._store import LeaseStore
 
 log = logging.getLogger("trio_election.node")
 
 
-class Node:
+class Node(HubClient):
     """The state and background work of one single node.
 
     Create it, then ``await nursery.start(node.run)``; handlers may call it once
@@ -148,25 +148,6 @@ class Node:
         waiter = Waiter()
         self._after(waiter.set)
         await waiter.wait()
-
-    def new_campaign(self) -> tuple[str, Waiter]:
-        """A fresh waiter id and the Waiter its grant will be reported to."""
-        return self.hub.new_campaign()
-
-    def end_campaign(self, election: str, waiter_id: str) -> None:
-        """The Campaign call ended: leave the queue if still in it."""
-        if self.hub.forget_campaign(waiter_id) and not self.closing:
-            self.apply(CancelWait(election, waiter_id))
-
-    # -- watchers -----------------------------------------------------------
-
-    def watch(self, election: str, queue: MessageQueue) -> tuple[Holder | None, int]:
-        """Register ``queue`` for the events of ``election``; return the state now."""
-        self.hub.watch(election, queue)
-        return self.machine.holder(election), self.machine.revision
-
-    def unwatch(self, election: str, queue: MessageQueue) -> None:
-        self.hub.unwatch(election, queue)
 
     # -- internals ----------------------------------------------------------
 

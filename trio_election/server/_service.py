@@ -17,7 +17,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._bridge import GRPCError, MessageQueue, Status, recv_request, serve_in_order
+from .._bridge import (
+    GRPCError,
+    MessageQueue,
+    Status,
+    recv_one_request,
+    recv_request,
+    serve_in_order,
+)
 from .._errors import ElectionError
 from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
@@ -48,13 +55,6 @@ def _handler(method: Handler) -> Handler:
                 self.on_idle()
 
     return wrapper
-
-
-async def _request(stream: Any) -> Any:
-    request = await recv_request(stream)
-    if request is None:
-        raise GRPCError(Status.INVALID_ARGUMENT, "request: missing")
-    return request
 
 
 class LeaderElectionService(election_grpc.LeaderElectionBase):
@@ -104,7 +104,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def TryBecomeLeader(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         outcome = await self.node.execute(self._acquire(request, wait=False))
         await stream.send_message(
             pb.TryBecomeLeaderResponse(success=outcome.success, leader=self._leader(outcome.holder))
@@ -112,11 +112,11 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def Heartbeat(self, stream: Any) -> None:
-        await stream.send_message(await self._renew(await _request(stream)))
+        await stream.send_message(await self._renew(await recv_one_request(stream)))
 
     @_handler
     async def ReleaseLeadership(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         limits = self.node.limits
         outcome = await self.node.execute(
             Release(
@@ -129,7 +129,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def IsLeader(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         election = self.node.limits.name("election", request.election)
         node_id = self.node.limits.name("node_id", request.node_id)
         holder = await self.node.read(election)
@@ -142,7 +142,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def GetCurrentLeader(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         holder = await self.node.read(self.node.limits.name("election", request.election))
         await stream.send_message(
             pb.GetCurrentLeaderResponse(has_leader=holder is not None, leader=self._leader(holder))
@@ -150,7 +150,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def Campaign(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         node = self.node
         waiter_id, waiter = node.new_campaign()
         holder: Holder | None = None  # set when this call was granted the election
@@ -196,7 +196,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     @_handler
     async def Watch(self, stream: Any) -> None:
-        request = await _request(stream)
+        request = await recv_one_request(stream)
         election = self.node.limits.name("election", request.election)
         queue = MessageQueue(self.node.config.watch_buffer)
         holder, revision = self.node.watch(election, queue)
