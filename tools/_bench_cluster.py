@@ -464,49 +464,18 @@ def _rotating(ops: list[Any], start: int) -> Any:
 
 async def _cmd_cluster_run(spec: dict[str, Any], clients: Any, ctl: Any) -> dict[str, Any]:
     """``bench._cmd_run`` for a cluster: the load is spread over ``ports``."""
-    from trio_election._generated.v1 import election_pb2 as pb
 
-    ports, kind, tag, first = spec["ports"], spec["kind"], spec["tag"], spec["first"]
+    ports, kind, first = spec["ports"], spec["kind"], spec["first"]
     home = clients.stub(ports[0])  # elections are taken and released through it
     clock = time.perf_counter
     tally = b._Tally()
-    if kind == "keepalive":
-        streams, window = spec["streams"], spec["window"]
-        names = [
-            (f"{tag}-s{s}-{i}", f"{tag}-holder-s{s}-{i}")
-            for s in range(streams)
-            for i in range(window)
-        ]
-    else:
-        names = [(f"{tag}-{i}", f"{tag}-holder-{i}") for i in range(spec["concurrency"])]
+    names = b._worker_names(spec)
     tokens = await b._hold(home, names, 64)
 
     if kind == "keepalive":
-        requests = [
-            pb.HeartbeatRequest(election=e, node_id=n, fencing_token=t)
-            for (e, n), t in zip(names, tokens, strict=True)
-        ]
-        async with b.contextlib.AsyncExitStack() as stack:
-            opened = []
-            for s in range(streams):
-                stub = clients.stub(ports[(first + s) % len(ports)])
-                stream = await stack.enter_async_context(stub.KeepAlive.open())
-                await stream.send_request()
-                opened.append((stream, requests[s * window : (s + 1) * window]))
-
-            async def pumps(until: float, t: Any) -> None:
-                await asyncio.gather(*(b._pump(st, rq, window, until, t) for st, rq in opened))
-
-            await pumps(clock() + spec["warmup"], None)
-            await ctl.answer({"ready": True})
-            await ctl.expect("go")
-            cpu0, start = time.process_time(), clock()
-            await pumps(start + spec["duration"], tally)
-            elapsed, cpu = clock() - start, time.process_time() - cpu0
-            for stream, _ in opened:
-                await stream.end()
-                while await stream.recv_message() is not None:
-                    pass
+        elapsed, cpu = await b._keepalive_worker(
+            lambda s: clients.stub(ports[(first + s) % len(ports)]), names, tokens, spec, ctl, tally
+        )
     else:
         ops = [
             _rotating(

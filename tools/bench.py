@@ -485,6 +485,62 @@ async def _unary_loop(op: Any, stop_at: float, tally: _Tally | None) -> None:
                 tally.errors += 1
 
 
+def _worker_names(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(election, holder) pairs a worker renews or calls for."""
+    tag = spec["tag"]
+    if spec["kind"] == "keepalive":
+        return [
+            (f"{tag}-s{s}-{i}", f"{tag}-holder-s{s}-{i}")
+            for s in range(spec["streams"])
+            for i in range(spec["window"])
+        ]
+    return [(f"{tag}-{i}", f"{tag}-holder-{i}") for i in range(spec["concurrency"])]
+
+
+async def _keepalive_worker(
+    stub_for: Any,
+    names: list[tuple[str, str]],
+    tokens: list[int],
+    spec: dict[str, Any],
+    ctl: Any,
+    tally: _Tally,
+) -> tuple[float, float]:
+    """Pump heartbeats over ``spec["streams"]`` KeepAlive streams (stream s on
+    ``stub_for(s)``), a window each: warm up, report ready, measure on "go".
+
+    Returns the elapsed time and this process's CPU time of the measurement.
+    """
+    from trio_election._generated.v1 import election_pb2 as pb
+
+    clock = time.perf_counter
+    window = spec["window"]
+    requests = [
+        pb.HeartbeatRequest(election=e, node_id=n, fencing_token=t)
+        for (e, n), t in zip(names, tokens, strict=True)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        opened = []
+        for s in range(spec["streams"]):
+            stream = await stack.enter_async_context(stub_for(s).KeepAlive.open())
+            await stream.send_request()
+            opened.append((stream, requests[s * window : (s + 1) * window]))
+
+        async def pumps(until: float, t: _Tally | None) -> None:
+            await asyncio.gather(*(_pump(st, rq, window, until, t) for st, rq in opened))
+
+        await pumps(clock() + spec["warmup"], None)
+        await ctl.answer({"ready": True})
+        await ctl.expect("go")
+        cpu0, start = time.process_time(), clock()
+        await pumps(start + spec["duration"], tally)
+        elapsed, cpu = clock() - start, time.process_time() - cpu0
+        for stream, _ in opened:
+            await stream.end()
+            while await stream.recv_message() is not None:
+                pass
+    return elapsed, cpu
+
+
 async def _pump(
     stream: Any, requests: list[Any], window: int, stop_at: float, tally: _Tally | None
 ) -> None:
@@ -535,51 +591,18 @@ async def _pump(
 
 async def _cmd_run(spec: dict[str, Any], clients: _Clients, ctl: Any) -> dict[str, Any]:
     """Set up, warm up, answer ready, wait for go, measure, answer, clean up."""
-    from trio_election._generated.v1 import election_pb2 as pb
 
-    port, kind, tag = spec["port"], spec["kind"], spec["tag"]
+    port, kind = spec["port"], spec["kind"]
     stub = clients.stub(port)
     clock = time.perf_counter
-    if kind == "keepalive":
-        streams, window = spec["streams"], spec["window"]
-        names = [
-            (f"{tag}-s{s}-{i}", f"{tag}-holder-s{s}-{i}")
-            for s in range(streams)
-            for i in range(window)
-        ]
-    else:
-        streams = window = 0
-        names = [(f"{tag}-{i}", f"{tag}-holder-{i}") for i in range(spec["concurrency"])]
+    names = _worker_names(spec)
     tokens = [0] * len(names)
     if kind != "grant_release":
         tokens = await _hold(stub, names, 64)
     tally = _Tally()
 
     if kind == "keepalive":
-        requests = [
-            pb.HeartbeatRequest(election=e, node_id=n, fencing_token=t)
-            for (e, n), t in zip(names, tokens, strict=True)
-        ]
-        async with contextlib.AsyncExitStack() as stack:
-            opened = []
-            for s in range(streams):
-                stream = await stack.enter_async_context(stub.KeepAlive.open())
-                await stream.send_request()
-                opened.append((stream, requests[s * window : (s + 1) * window]))
-
-            async def pumps(until: float, t: _Tally | None) -> None:
-                await asyncio.gather(*(_pump(st, rq, window, until, t) for st, rq in opened))
-
-            await pumps(clock() + spec["warmup"], None)
-            await ctl.answer({"ready": True})
-            await ctl.expect("go")
-            cpu0, start = time.process_time(), clock()
-            await pumps(start + spec["duration"], tally)
-            elapsed, cpu = clock() - start, time.process_time() - cpu0
-            for stream, _ in opened:
-                await stream.end()
-                while await stream.recv_message() is not None:
-                    pass
+        elapsed, cpu = await _keepalive_worker(lambda _: stub, names, tokens, spec, ctl, tally)
     else:
         ops = [_unary_op(stub, kind, e, n, t) for (e, n), t in zip(names, tokens, strict=True)]
         until = clock() + spec["warmup"]
