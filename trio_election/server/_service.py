@@ -78,11 +78,15 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             value=holder.value,
         )
 
+    def _names(self, request: Any) -> tuple[str, str]:
+        """The request's checked election and node_id."""
+        limits = self.node.limits
+        return limits.name("election", request.election), limits.name("node_id", request.node_id)
+
     def _acquire(self, request: Any, *, wait: bool, waiter: str = "") -> Acquire:
         limits = self.node.limits
         return Acquire(
-            limits.name("election", request.election),
-            limits.name("node_id", request.node_id),
+            *self._names(request),
             limits.ttl("ttl_ms", request.ttl_ms),
             limits.value("value", request.value),
             wait=wait,
@@ -90,14 +94,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         )
 
     async def _renew(self, request: Any) -> pb.HeartbeatResponse:
-        limits = self.node.limits
-        outcome = await self.node.execute(
-            Renew(
-                limits.name("election", request.election),
-                limits.name("node_id", request.node_id),
-                request.fencing_token,
-            )
-        )
+        outcome = await self.node.execute(Renew(*self._names(request), request.fencing_token))
         return pb.HeartbeatResponse(
             success=outcome.success, leader=self._leader(outcome.holder), election=request.election
         )
@@ -117,21 +114,13 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     @_handler
     async def ReleaseLeadership(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        limits = self.node.limits
-        outcome = await self.node.execute(
-            Release(
-                limits.name("election", request.election),
-                limits.name("node_id", request.node_id),
-                request.fencing_token,
-            )
-        )
+        outcome = await self.node.execute(Release(*self._names(request), request.fencing_token))
         await stream.send_message(pb.ReleaseLeadershipResponse(released=outcome.success))
 
     @_handler
     async def IsLeader(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        election = self.node.limits.name("election", request.election)
-        node_id = self.node.limits.name("node_id", request.node_id)
+        election, node_id = self._names(request)
         holder = await self.node.read(election)
         await stream.send_message(
             pb.IsLeaderResponse(
