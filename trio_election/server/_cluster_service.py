@@ -11,7 +11,14 @@ from h2.exceptions import StreamClosedError
 from .._bridge import GRPCError, Status, StreamTerminatedError, recv_one_request, recv_request
 from .._errors import ElectionError, InvalidArgument
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
-from ..raft import CodecError, ConfChange, ConfChangeType, Role, decode_message
+from ..raft import (
+    CodecError,
+    ConfChange,
+    ConfChangeType,
+    Role,
+    Status as RaftStatus,
+    decode_message,
+)
 from ._cluster import ClusterNode
 from ._status import to_grpc_error
 
@@ -27,14 +34,14 @@ class ClusterService(cluster_grpc.ClusterBase):
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
 
-    def _members(self, with_progress: bool) -> list[pb.Member]:
+    def _members(self, status: RaftStatus | None = None) -> list[pb.Member]:
+        """The members; with the leader's ``status``, their match index, lag, health."""
         node = self.node
-        status = node.raw.status()
-        last = status.last_index
         members = []
         for member_id, address in sorted(node.members.items()):
             member = pb.Member(id=member_id, address=address, is_leader=member_id == node.leader)
-            if with_progress:
+            if status is not None:
+                last = status.last_index
                 if member_id == node.id:
                     member.match_index, member.healthy = last, True
                 elif (progress := status.progress.get(member_id)) is not None:
@@ -59,7 +66,7 @@ class ClusterService(cluster_grpc.ClusterBase):
                 commit_index=status.commit,
                 applied_index=node.applied,
                 role=status.role.name.lower().replace("_", "-"),
-                members=self._members(with_progress=leading),
+                members=self._members(status if leading else None),
                 from_leader=leading,
                 peer_bytes_sent=node.peers.bytes_sent if node.peers else 0,
             )
@@ -109,7 +116,7 @@ class ClusterService(cluster_grpc.ClusterBase):
 
     async def _send_members(self, stream: Any) -> None:
         await stream.send_message(
-            pb.MemberListResponse(members=self._members(False), leader=self.node.leader or "")
+            pb.MemberListResponse(members=self._members(), leader=self.node.leader or "")
         )
 
 
