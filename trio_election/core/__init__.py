@@ -1,6 +1,7 @@
 """The election state machine, sans-IO: no clock, no network, no disk."""
 
 from ._limits import (
+    CLIENT_COMMANDS as CLIENT_COMMANDS,
     DEFAULT_MAX_TTL_MS as DEFAULT_MAX_TTL_MS,
     MAX_MAX_TTL_MS as MAX_MAX_TTL_MS,
     MAX_NAME_BYTES as MAX_NAME_BYTES,
@@ -24,6 +25,7 @@ from ._types import (
 )
 
 __all__ = [
+    "CLIENT_COMMANDS",
     "DEFAULT_MAX_TTL_MS",
     "MAX_MAX_TTL_MS",
     "MAX_NAME_BYTES",

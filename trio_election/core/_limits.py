@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._errors import InvalidArgument
+from .._errors import InvalidArgument, PermissionDenied
+from ._types import Acquire, CancelWait, Command, Release, Renew
 
 MAX_NAME_BYTES = 256
 MAX_VALUE_BYTES = 4096
 MIN_TTL_MS = 100
 DEFAULT_MAX_TTL_MS = 60_000
 MAX_MAX_TTL_MS = 24 * 3600 * 1000
+#: Commands a client may cause; the others (Expire, Promote) only the node
+#: that drives expiry (the single node, or the Raft leader) originates.
+CLIENT_COMMANDS = (Acquire, Renew, Release, CancelWait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +59,33 @@ class Limits:
         if len(value) > MAX_VALUE_BYTES:
             raise InvalidArgument(field, f"is {len(value)} bytes, the limit is {MAX_VALUE_BYTES}")
         return value
+
+    def command(self, command: Command) -> Command:
+        """Check every field of a client command, as a forwarded proposal must be.
+
+        A follower checked it already; the Raft leader checks again, since
+        nothing that reaches the log may skip validation.
+
+        Raises:
+            PermissionDenied: not a command a client may cause.
+            InvalidArgument: a field breaks a limit.
+        """
+        if not isinstance(command, CLIENT_COMMANDS):
+            raise PermissionDenied(
+                f"command: {type(command).__name__} is originated only by the Raft leader"
+            )
+        self.name("election", command.election)
+        if isinstance(command, CancelWait):
+            self.name("waiter", command.waiter)
+            return command
+        self.name("node_id", command.node_id)
+        if len(command.owner) > 64:
+            raise InvalidArgument("owner", f"is {len(command.owner)} characters, the limit is 64")
+        if isinstance(command, Acquire):
+            self.ttl("ttl_ms", command.ttl_ms)
+            self.value("value", command.value)
+            if command.wait:
+                self.name("waiter", command.waiter)
+        elif not 0 <= command.fencing_token < 2**64:
+            raise InvalidArgument("fencing_token", f"{command.fencing_token} is out of range")
+        return command

@@ -76,6 +76,12 @@ class _Lease:
     # The time of this lease's one live heap entry; entries at other times
     # are stale and dropped when popped.
     scheduled: float = -math.inf
+    # The identity of the credentials it was granted to ("" without client
+    # auth); a command of another owner never touches it.
+    owner: str = ""
+
+    def held_by(self, node_id: str, owner: str) -> bool:
+        return self.node_id == node_id and self.owner == owner
 
 
 class ElectionMachine:
@@ -137,7 +143,7 @@ class ElectionMachine:
 
     def _acquire(self, cmd: Acquire, now: float, index: int) -> Outcome:
         lease = self._leases.get(cmd.election)
-        if lease is not None and lease.node_id == cmd.node_id:
+        if lease is not None and lease.held_by(cmd.node_id, cmd.owner):
             changed = (lease.ttl_ms, lease.value) != (cmd.ttl_ms, cmd.value)
             lease.ttl_ms, lease.value = cmd.ttl_ms, cmd.value
             self._extend(lease, now)
@@ -168,7 +174,7 @@ class ElectionMachine:
         lease = self._leases.get(cmd.election)
         if lease is None:
             return Outcome(False, None)
-        if lease.node_id == cmd.node_id and cmd.fencing_token in (0, lease.token):
+        if lease.held_by(cmd.node_id, cmd.owner) and cmd.fencing_token in (0, lease.token):
             self._extend(lease, now)
             return Outcome(True, self._view(cmd.election, lease))
         return Outcome(False, self._view(cmd.election, lease))
@@ -177,7 +183,7 @@ class ElectionMachine:
         lease = self._leases.get(cmd.election)
         if (
             lease is None
-            or lease.node_id != cmd.node_id
+            or not lease.held_by(cmd.node_id, cmd.owner)
             or cmd.fencing_token not in (0, lease.token)
         ):
             return Outcome(False, None if lease is None else self._view(cmd.election, lease))
@@ -255,13 +261,15 @@ class ElectionMachine:
 
     # -- recovery -----------------------------------------------------------
 
-    def restore(self, holders: Iterable[tuple[str, str, int, int, bytes]], now: float) -> None:
-        """Load ``(election, node_id, token, ttl_ms, value)`` rows from disk.
+    def restore(self, holders: Iterable[tuple], now: float) -> None:
+        """Load ``(election, node_id, token, ttl_ms, value[, owner])`` rows from disk.
 
         Each lease counts as freshly renewed at ``now`` (DESIGN.md, promise 5).
         """
-        for election, node_id, token, ttl_ms, value in holders:
-            self._leases[election] = _Lease(node_id, token, ttl_ms, value, 0, -math.inf)
+        for election, node_id, token, ttl_ms, value, *owner in holders:
+            self._leases[election] = _Lease(
+                node_id, token, ttl_ms, value, 0, -math.inf, owner=owner[0] if owner else ""
+            )
             self.last_token = max(self.last_token, token)
         self.refresh_all(now)
 
@@ -270,7 +278,13 @@ class ElectionMachine:
     @staticmethod
     def _view(election: str, lease: _Lease) -> Holder:
         return Holder(
-            election, lease.node_id, lease.token, lease.ttl_ms, lease.value, lease.deadline
+            election,
+            lease.node_id,
+            lease.token,
+            lease.ttl_ms,
+            lease.value,
+            lease.deadline,
+            lease.owner,
         )
 
     @staticmethod
@@ -285,7 +299,7 @@ class ElectionMachine:
     def _enqueue(self, cmd: Acquire) -> tuple[str, ...]:
         queue = self._queues.setdefault(cmd.election, deque())
         for position, waiting in enumerate(queue):
-            if waiting.node_id == cmd.node_id:
+            if (waiting.node_id, waiting.owner) == (cmd.node_id, cmd.owner):
                 queue[position] = cmd  # keeps its place in line
                 # The same call proposed twice (a retried forward) is no rival.
                 return () if waiting.waiter == cmd.waiter else (waiting.waiter,)
@@ -295,7 +309,9 @@ class ElectionMachine:
     def _grant(self, cmd: Acquire, now: float, index: int) -> Outcome:
         token = max(self.last_token + 1, index)
         self.last_token = token
-        lease = _Lease(cmd.node_id, token, cmd.ttl_ms, cmd.value, 0, now + cmd.ttl_ms / 1000)
+        lease = _Lease(
+            cmd.node_id, token, cmd.ttl_ms, cmd.value, 0, now + cmd.ttl_ms / 1000, owner=cmd.owner
+        )
         self._leases[cmd.election] = lease
         if len(self._heap) > 2 * len(self._leases) + 64:
             # Entries of ended leases are dropped only when popped, and a node

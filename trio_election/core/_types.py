@@ -16,7 +16,9 @@ class Acquire:
     """TryBecomeLeader (``wait=False``) or Campaign (``wait=True``).
 
     ``waiter`` names the waiting call for Campaign; it must be unique among the
-    calls waiting anywhere in the cluster (e.g. ``"n1/17"``).
+    calls waiting anywhere in the cluster (e.g. ``"n1/17"``). ``owner`` is the
+    identity of the caller's credentials ("" without client auth): only the
+    same owner may refresh, renew or release what it was granted.
     """
 
     election: str
@@ -25,6 +27,7 @@ class Acquire:
     value: bytes = b""
     wait: bool = False
     waiter: str = ""
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class Renew:
     election: str
     node_id: str
     fencing_token: int = 0
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class Release:
     election: str
     node_id: str
     fencing_token: int = 0
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class Holder:
     ttl_ms: int
     value: bytes
     deadline: float
+    owner: str = ""
 
     def remaining_ms(self, now: float) -> int:
         """Milliseconds left before the node may expire the lease (never negative)."""

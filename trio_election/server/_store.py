@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS leases (
     node_id TEXT NOT NULL,
     token INTEGER NOT NULL,
     ttl_ms INTEGER NOT NULL,
-    value BLOB NOT NULL
+    value BLOB NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -41,15 +42,18 @@ class LeaseStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
+        if "owner" not in columns:  # a data dir from before client auth
+            self._db.execute("ALTER TABLE leases ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         check = self._db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise RuntimeError(f"{self.path} is damaged ({check}); refusing to start")
 
-    def load(self) -> tuple[int, list[tuple[str, str, int, int, bytes]]]:
+    def load(self) -> tuple[int, list[tuple[str, str, int, int, bytes, str]]]:
         """Return the token high-water mark and every stored holder."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'last_token'").fetchone()
         holders = self._db.execute(
-            "SELECT election, node_id, token, ttl_ms, value FROM leases"
+            "SELECT election, node_id, token, ttl_ms, value, owner FROM leases"
         ).fetchall()
         return (row[0] if row else 0), holders
 
@@ -63,13 +67,14 @@ class LeaseStore:
                     db.execute("DELETE FROM leases WHERE election = ?", (election,))
                 else:
                     db.execute(
-                        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
                         (
                             election,
                             holder.node_id,
                             holder.fencing_token,
                             holder.ttl_ms,
                             holder.value,
+                            holder.owner,
                         ),
                     )
             db.execute("INSERT OR REPLACE INTO meta VALUES ('last_token', ?)", (last_token,))
