@@ -10,7 +10,9 @@ from ._errors import (
     LeadershipLost as LeadershipLost,
     NotElected as NotElected,
     OutOfRange as OutOfRange,
+    PermissionDenied as PermissionDenied,
     Superseded as Superseded,
+    Unauthenticated as Unauthenticated,
     Unavailable as Unavailable,
 )
 from .client import (
@@ -36,7 +38,9 @@ __all__ = [
     "LeadershipLost",
     "NotElected",
     "OutOfRange",
+    "PermissionDenied",
     "Superseded",
+    "Unauthenticated",
     "Unavailable",
     "open_client",
 ]

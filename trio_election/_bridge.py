@@ -27,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import ssl
 import weakref
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 import grpclib.client
+import grpclib.events
 import grpclib.protocol
 import grpclib.server
 import h2.events
@@ -48,6 +51,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "Authorize",
+    "CallPeer",
     "Channel",
     "GRPCError",
     "GrpcServer",
@@ -141,16 +146,74 @@ class _Server(grpclib.server.Server):
         return protocol
 
 
+#: ``authorize(method_name, metadata, peer)``, called before every call's
+#: handler; it raises GRPCError to refuse the call (UNAUTHENTICATED, say).
+Authorize = Callable[[str, Mapping[str, str], "CallPeer"], None]
+
+
+class CallPeer:
+    """Who is on the other end of a call, as :data:`Authorize` sees it."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: grpclib.protocol.Peer) -> None:
+        self._peer = peer
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._peer.addr()
+
+    @property
+    def certificate(self) -> dict[str, Any] | None:
+        """The client's verified certificate (mutual TLS), or None."""
+        return self._peer.cert() or None
+
+
+#: How long a client may take over its TLS handshake before it is dropped.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
 class GrpcServer:
-    """A grpclib server inside Trio. Use it inside :func:`asyncio_loop`."""
+    """A grpclib server inside Trio. Use it inside :func:`asyncio_loop`.
 
-    def __init__(self, handlers: Collection[Any]) -> None:
+    Args:
+        handlers: The services.
+        ssl: Serve TLS with this context (see ``_tls.server_context``).
+        authorize: Checks each call's metadata before its handler runs.
+    """
+
+    def __init__(
+        self,
+        handlers: Collection[Any],
+        *,
+        ssl: ssl.SSLContext | None = None,
+        authorize: Authorize | None = None,
+    ) -> None:
         self._server = _Server(handlers)
+        self._ssl = ssl
+        if authorize is not None:
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` and return the bound port (useful with port 0)."""
-        await trio_asyncio.aio_as_trio(self._server.start)(host, port, reuse_address=True)
-        sockets = self._server._server.sockets  # the asyncio server's
+            async def check(event: grpclib.events.RecvRequest) -> None:
+                authorize(event.method_name, event.metadata, CallPeer(event.peer))
+
+            grpclib.events.listen(self._server, grpclib.events.RecvRequest, check)
+
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on ``host:port`` (or on the bound ``sock``) and return the port."""
+        loop = asyncio.get_event_loop()
+        server = self._server
+        server._loop = loop  # what grpclib's own start() sets
+        server._server = await trio_asyncio.aio_as_trio(loop.create_server)(
+            server._protocol_factory,
+            None if sock is not None else host,
+            None if sock is not None else port,
+            sock=sock,
+            ssl=self._ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if self._ssl is not None else None,
+            reuse_address=None if sock is not None else True,
+        )
+        server._server_closed_fut = loop.create_future()
+        sockets = server._server.sockets  # the asyncio server's
         return sockets[0].getsockname()[1]
 
     def stop_accepting(self) -> None:
@@ -340,20 +403,33 @@ class Channel:
         host: The endpoint's host.
         port: The endpoint's port.
         stub_factory: The generated stub class, e.g. ``LeaderElectionStub``.
+        ssl: Connect with TLS using this context (``_tls.client_context``).
+        metadata: Sent with every call (e.g. an ``authorization`` header).
     """
 
-    def __init__(self, host: str, port: int, stub_factory: Callable[[Any], Any]) -> None:
-        self._channel = grpclib.client.Channel(host, port)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        stub_factory: Callable[[Any], Any],
+        *,
+        ssl: ssl.SSLContext | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self._channel = grpclib.client.Channel(host, port, ssl=ssl)
+        self._metadata = dict(metadata) if metadata else None
         self.stub = stub_factory(self._channel)
 
     async def unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         """Call a unary method of the stub; raises GRPCError or OSError."""
-        return await trio_asyncio.aio_as_trio(method)(request, timeout=timeout)
+        return await trio_asyncio.aio_as_trio(method)(
+            request, timeout=timeout, metadata=self._metadata
+        )
 
     @contextlib.asynccontextmanager
     async def stream(self, method: Any, timeout: float | None = None) -> AsyncIterator[_Stream]:
         """Open a streaming call; yields an object with ``send``, ``recv`` and ``end``."""
-        cm = method.open(timeout=timeout)
+        cm = method.open(timeout=timeout, metadata=self._metadata)
         stream = await trio_asyncio.aio_as_trio(cm.__aenter__)()
         try:
             # Send the headers now: grpclib refuses to receive on a stream

@@ -31,6 +31,17 @@ class Unavailable(ElectionError):
     """
 
 
+class PermissionDenied(ElectionError):
+    """Raised when the caller is known but may not do what it asked: an
+    election outside its token's prefix, a membership change without the admin
+    role, or a command only the Raft leader may originate."""
+
+
+class Unauthenticated(ElectionError):
+    """Raised by the client library when the server needs credentials the
+    call did not carry (no token, an unknown token)."""
+
+
 class OutOfRange(ElectionError):
     """Raised when a watch asks to resume from a revision the node no longer
     remembers (or has not reached); watch from the current state instead."""

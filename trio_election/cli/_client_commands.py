@@ -12,7 +12,7 @@ import trio
 from .._errors import ElectionError, LeadershipLost
 from .._util import unwrap_single_exception
 from ..client import open_client
-from ._common import add_client_options, describe, emit, leader_dict
+from ._common import add_client_options, describe, emit, endpoint_list, leader_dict
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -79,7 +79,14 @@ async def _with_signals(command: Any, args: argparse.Namespace) -> int:
 
             async def main() -> None:
                 nonlocal result
-                async with open_client(args.endpoints, timeout=args.timeout) as client:
+                async with open_client(
+                    endpoint_list(args),
+                    timeout=args.timeout,
+                    ca=args.ca,
+                    cert=args.cert,
+                    key=args.key,
+                    token_file=args.token_file,
+                ) as client:
                     result = await command(client, args)
                 nursery.cancel_scope.cancel()
 

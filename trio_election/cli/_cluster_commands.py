@@ -3,35 +3,46 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from .._bridge import Channel, GRPCError, asyncio_loop
-from .._errors import Unavailable
+from .._errors import ElectionError, Unavailable
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
 from ..client._transport import CONNECTION_ERRORS, from_status, parse_endpoint
-from ._common import add_client_options, emit, fail
+from ._common import add_client_options, credentials, emit, endpoint_list, fail
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    add_client_options(parser)
+    parser.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        metavar="FILE",
+        help="present the cluster key in FILE (calls to a member's peer port)",
+    )
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="show the cluster: members, leader, lag")
-    add_client_options(status)
+    _add_options(status)
     status.set_defaults(run=_runner(_status))
 
     member = commands.add_parser("member", help="list, add or remove cluster members")
     actions = member.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list the members")
-    add_client_options(listing)
+    _add_options(listing)
     listing.set_defaults(run=_runner(_list))
     add = actions.add_parser("add", help="add a member (then start it with --join)")
     add.add_argument("id")
-    add.add_argument("address", metavar="HOST:PORT")
-    add_client_options(add)
+    add.add_argument("address", metavar="HOST:PORT", help="its peer address")
+    _add_options(add)
     add.set_defaults(run=_runner(_add))
     remove = actions.add_parser("remove", help="remove a member")
     remove.add_argument("id")
-    add_client_options(remove)
+    _add_options(remove)
     remove.set_defaults(run=_runner(_remove))
 
 
@@ -39,7 +50,7 @@ def _runner(command: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return trio.run(_call_any, command, args)
-        except Unavailable as exc:
+        except ElectionError as exc:
             return fail(str(exc))
 
     return run
@@ -48,10 +59,13 @@ def _runner(command: Any) -> Any:
 async def _call_any(command: Any, args: argparse.Namespace) -> int:
     """Run ``command`` against the first endpoint that answers."""
     last: Exception | None = None
+    creds = credentials(args)
     async with asyncio_loop():
-        for endpoint in [e for e in args.endpoints.split(",") if e]:
+        for endpoint in endpoint_list(args):
             host, port = parse_endpoint(endpoint)
-            channel = Channel(host, port, cluster_grpc.ClusterStub)
+            channel = Channel(
+                host, port, cluster_grpc.ClusterStub, ssl=creds.ssl, metadata=creds.metadata
+            )
             try:
                 return await command(channel, args)
             except GRPCError as exc:
@@ -66,7 +80,7 @@ async def _call_any(command: Any, args: argparse.Namespace) -> int:
 
 
 def _members_table(members: Any, leader: str) -> list[str]:
-    rows = [("ID", "ADDRESS", "ROLE", "MATCH", "LAG", "HEALTH")]
+    rows = [("ID", "PEER", "ROLE", "MATCH", "LAG", "HEALTH")]
     for m in members:
         role = "leader" if m.id == leader else "follower"
         health = "ok" if m.healthy else ("?" if not m.match_index else "unreachable")

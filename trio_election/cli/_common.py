@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..client import Leader
+from ..client._credentials import Credentials
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise SystemExit(f"--listen: {value!r} is not HOST:PORT")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"{flag}: {value!r} is not HOST:PORT (a port from 0 to 65535)")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -22,7 +24,16 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         "--endpoints",
         default="127.0.0.1:50051",
         metavar="HOST:PORT,...",
-        help="nodes to talk to, comma-separated (default %(default)s)",
+        help="nodes to talk to, comma-separated; https://HOST:PORT for TLS (default %(default)s)",
+    )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--ca", type=Path, metavar="PEM", help="the CA of the nodes' certificates (turns TLS on)"
+    )
+    security.add_argument("--cert", type=Path, metavar="PEM", help="client certificate (TLS)")
+    security.add_argument("--key", type=Path, metavar="PEM", help="its private key")
+    security.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="send the token in FILE with every call"
     )
     parser.add_argument("--json", action="store_true", help="print JSON, one object a line")
     parser.add_argument(
@@ -31,6 +42,18 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         metavar="SECONDS",
         help="deadline of each call (default %(default)g)",
+    )
+
+
+def endpoint_list(args: argparse.Namespace) -> list[str]:
+    return [e.strip() for e in args.endpoints.split(",") if e.strip()]
+
+
+def credentials(args: argparse.Namespace) -> Credentials:
+    """The TLS and token options of a client command."""
+    token_file = args.token_file or getattr(args, "cluster_key_file", None)
+    return Credentials.create(
+        endpoint_list(args), ca=args.ca, cert=args.cert, key=args.key, token_file=token_file
     )
 
 

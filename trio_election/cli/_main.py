@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 
 from . import _client_commands, _cluster_commands, _node
@@ -17,7 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
     _node.add_parser(commands)
     _client_commands.add_parsers(commands)
     _cluster_commands.add_parsers(commands)
+    keygen = commands.add_parser(
+        "keygen",
+        help="print a new random secret (a cluster key or a client token)",
+        description="Print a new random secret: 43 URL-safe characters (256 bits). "
+        "Use it in --cluster-key-file or as a token in --auth-token-file.",
+    )
+    keygen.set_defaults(run=_keygen)
     return parser
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    print(secrets.token_urlsafe(32))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

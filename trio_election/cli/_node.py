@@ -9,10 +9,14 @@ from pathlib import Path
 
 import trio
 
+from .._errors import ElectionError
+from .._tls import server_context
 from .._util import unwrap_single_exception
 from ..core import DEFAULT_MAX_TTL_MS, MAX_MAX_TTL_MS, MIN_TTL_MS
 from ..server import NodeConfig, serve
+from ..server._auth import Tokens
 from ..server._raft_store import CorruptLog
+from ..server._security import PeerAuth
 from ._common import parse_listen
 
 
@@ -67,9 +71,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--join", metavar="HOST:PORT", help="join an existing cluster through any member"
     )
     cluster.add_argument(
+        "--peer-listen",
+        metavar="HOST:PORT",
+        help="address to serve peers on: Raft, joins, membership (default: --advertise, else "
+        "this node's --initial-cluster entry, else what this data dir used last)",
+    )
+    cluster.add_argument(
         "--advertise",
         metavar="HOST:PORT",
-        help="the address other nodes reach this one at (default: --listen)",
+        help="the peer address other nodes reach this one at (default: --peer-listen)",
     )
     cluster.add_argument(
         "--request-timeout",
@@ -93,6 +103,44 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="Raft tick: heartbeats every tick, elections after 10-20 ticks (default %(default)g)",
     )
+    peers = parser.add_argument_group(
+        "peer authentication",
+        "a cluster member needs mutual TLS, a cluster key, or both; see README, Security",
+    )
+    peers.add_argument("--peer-cert", type=Path, metavar="PEM", help="this member's certificate")
+    peers.add_argument("--peer-key", type=Path, metavar="PEM", help="its private key")
+    peers.add_argument(
+        "--peer-ca", type=Path, metavar="PEM", help="the cluster's CA: peers must present its certs"
+    )
+    peers.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        metavar="FILE",
+        help="a secret every member (and every --join) presents on the peer port",
+    )
+    peers.add_argument(
+        "--unsafe-insecure-peers",
+        action="store_true",
+        help="UNSAFE, for a throw-away local experiment only: accept any process that reaches "
+        "the peer port as a member. It can then vote, append, propose and change membership, "
+        "so two clients could both be made leader.",
+    )
+    clients = parser.add_argument_group("clients", "TLS and tokens on the client port")
+    clients.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve clients over TLS")
+    clients.add_argument("--tls-key", type=Path, metavar="PEM", help="the key of --tls-cert")
+    clients.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="PEM",
+        help="require client certificates signed by this CA (with --tls-cert)",
+    )
+    clients.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="require a token: one a line, TOKEN [ELECTION-PREFIX [read|write|admin]]; "
+        "reloaded on SIGHUP",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -115,6 +163,30 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
     advertise = args.advertise
     if advertise is None and initial is not None and args.id in initial:
         advertise = initial[args.id]
+    peer = args.peer_listen or advertise
+    peer_host, peer_port = parse_listen(peer, "--peer-listen") if peer else (host, None)
+    peer_flags = [args.peer_cert, args.peer_key, args.peer_ca, args.cluster_key_file]
+    peer_auth = None
+    if args.id:
+        peer_auth = PeerAuth.from_files(
+            cert=args.peer_cert,
+            key=args.peer_key,
+            ca=args.peer_ca,
+            cluster_key_file=args.cluster_key_file,
+            insecure=args.unsafe_insecure_peers,
+        )
+    elif any(f is not None for f in peer_flags) or args.unsafe_insecure_peers or args.peer_listen:
+        raise SystemExit("peer flags are for cluster members: give --id (and a cluster) too")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        raise SystemExit(
+            "--client-ca needs --tls-cert and --tls-key (client certificates need TLS)"
+        )
+    tls = None
+    if args.tls_cert is not None:
+        tls = server_context(args.tls_cert, args.tls_key, args.client_ca)
+    tokens = Tokens(args.auth_token_file) if args.auth_token_file is not None else None
     return NodeConfig(
         host=host,
         port=port,
@@ -125,6 +197,11 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         initial_cluster=initial,
         join=args.join,
         advertise=advertise,
+        peer_host=peer_host,
+        peer_port=peer_port,
+        peer_auth=peer_auth,
+        tls=tls,
+        tokens=tokens,
         tick_s=args.tick,
         snapshot_entries=args.snapshot_entries,
         request_timeout_s=args.request_timeout,
@@ -147,10 +224,13 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = config_from(args)
     try:
+        config = config_from(args)
         with unwrap_single_exception():
             trio.run(_main, config)
+    except ElectionError as exc:
+        logging.getLogger("trio_election.server").error("%s", exc)
+        return 1
     except (SystemExit, CorruptLog, OSError) as exc:
         # A refusal to start (damaged log, wrong data dir, port in use) is a
         # sentence for the operator, not a traceback.
@@ -166,14 +246,19 @@ def run(args: argparse.Namespace) -> int:
 async def _main(config: NodeConfig) -> None:
     # Signals through Trio, not KeyboardInterrupt: under load that hung the
     # process (trio-asyncio issue #118).
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    log = logging.getLogger("trio_election.server")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
                 async for signum in signals:
-                    logging.getLogger("trio_election.server").info(
-                        "%s: shutting down", signal.Signals(signum).name
-                    )
+                    if signum == signal.SIGHUP:
+                        if config.tokens is not None:
+                            config.tokens.reload()
+                        else:
+                            log.info("SIGHUP: no --auth-token-file to reload")
+                        continue
+                    log.info("%s: shutting down", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     return
 

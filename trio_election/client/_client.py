@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import trio
 
@@ -12,6 +13,7 @@ from .._bridge import asyncio_loop
 from .._errors import ElectionError, InvalidArgument, NotElected, OutOfRange, Unavailable
 from .._generated.v1 import election_pb2 as pb
 from .._util import unwrap_single_exception
+from ._credentials import Credentials
 from ._keepalive import KeepAlive
 from ._leadership import Leadership, check_lost, default_margin, keep
 from ._transport import Transport, backoff
@@ -262,13 +264,29 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def open_client(
-    endpoints: Sequence[str] | str = "127.0.0.1:50051", *, timeout: float = 5.0
+    endpoints: Sequence[str] | str = "127.0.0.1:50051",
+    *,
+    timeout: float = 5.0,
+    tls: bool | None = None,
+    ca: str | Path | None = None,
+    cert: str | Path | None = None,
+    key: str | Path | None = None,
+    token: str | None = None,
+    token_file: str | Path | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to trio-election at one or more ``HOST:PORT`` endpoints.
 
     Args:
-        endpoints: Nodes to talk to; calls fail over between them.
+        endpoints: Nodes to talk to; calls fail over between them. Write
+            ``https://HOST:PORT`` to use TLS.
         timeout: Default deadline of a unary call, in seconds.
+        tls: Force TLS on or off; by default it is on for ``https://``
+            endpoints or when ``ca`` or ``cert`` is given.
+        ca: The CA that signed the nodes' certificates (default: the system's).
+        cert: A client certificate, for nodes that require one (with ``key``).
+        key: The private key of ``cert``.
+        token: Sent with every call, for nodes started with ``--auth-token-file``.
+        token_file: A file whose first line is the token.
 
     Example::
 
@@ -278,7 +296,10 @@ async def open_client(
     """
     if isinstance(endpoints, str):
         endpoints = [e for e in endpoints.split(",") if e]
-    transport = Transport(endpoints, timeout)
+    credentials = Credentials.create(
+        endpoints, tls=tls, ca=ca, cert=cert, key=key, token=token, token_file=token_file
+    )
+    transport = Transport(endpoints, timeout, credentials)
     async with asyncio_loop():
         try:
             with unwrap_single_exception():

@@ -20,10 +20,13 @@ from .._errors import (
     ElectionError,
     InvalidArgument,
     OutOfRange,
+    PermissionDenied,
     Superseded,
+    Unauthenticated,
     Unavailable,
 )
 from .._generated.v1 import election_grpc
+from ._credentials import Credentials
 
 log = logging.getLogger("trio_election.client")
 
@@ -32,11 +35,21 @@ CONNECTION_ERRORS = (OSError, StreamTerminatedError, EOFError)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``"host:port"`` (or ``"[v6]:port"``) to ``(host, port)``."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"endpoint {endpoint!r} is not HOST:PORT")
+    """``"host:port"`` (or ``"[v6]:port"``, with an optional ``https://`` or
+    ``http://`` in front) to ``(host, port)``.
+
+    Raises:
+        InvalidArgument: not of that form (an InvalidArgument is a ValueError too).
+    """
+    address = endpoint.removeprefix("https://").removeprefix("http://").rstrip("/")
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) <= 65535:
+        raise BadEndpoint("endpoints", f"{endpoint!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+class BadEndpoint(InvalidArgument, ValueError):
+    """Raised for an endpoint that is not ``HOST:PORT``."""
 
 
 def from_status(exc: GRPCError) -> ElectionError:
@@ -53,6 +66,10 @@ def from_status(exc: GRPCError) -> ElectionError:
         return DeadlineExceeded(message)
     if exc.status is Status.ABORTED:
         return Superseded(message)
+    if exc.status is Status.UNAUTHENTICATED:
+        return Unauthenticated(message)
+    if exc.status is Status.PERMISSION_DENIED:
+        return PermissionDenied(message)
     if exc.status is Status.OUT_OF_RANGE:
         return OutOfRange(message)
     return ElectionError(f"{exc.status.name}: {message}")
@@ -61,11 +78,14 @@ def from_status(exc: GRPCError) -> ElectionError:
 class Transport:
     """Channels to a list of endpoints, one current at a time."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float, credentials: Credentials | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one endpoint is needed")
         self.endpoints = [parse_endpoint(e) for e in endpoints]
         self.timeout = timeout
+        self.credentials = credentials or Credentials()
         self._current = 0
         self._channels: dict[int, Channel] = {}
 
@@ -73,7 +93,13 @@ class Transport:
         index = self._current
         if index not in self._channels:
             host, port = self.endpoints[index]
-            self._channels[index] = Channel(host, port, election_grpc.LeaderElectionStub)
+            self._channels[index] = Channel(
+                host,
+                port,
+                election_grpc.LeaderElectionStub,
+                ssl=self.credentials.ssl,
+                metadata=self.credentials.metadata,
+            )
         return self._channels[index]
 
     def fail_over(self, failed: Channel, *, broken: bool = False) -> None:

@@ -36,11 +36,13 @@ from itertools import count
 import trio
 
 from .._bridge import Waiter
-from .._errors import ElectionError, Unavailable
+from .._errors import ElectionError, InvalidArgument, Unavailable
 from .._generated.v1 import cluster_pb2
+from ..client._transport import parse_endpoint
 from ..core import Command, ElectionMachine, Holder, Limits, Outcome
-from ..core._codec import decode_command, dump_machine, encode_command, load_machine
+from ..core._codec import CodecError, decode_command, dump_machine, encode_command, load_machine
 from ..raft import (
+    CodecError as RaftCodecError,
     ConfChange,
     ConfChangeType,
     Config,
@@ -101,6 +103,9 @@ class ClusterNode(HubClient):
         self.raw: RawNode | None = None
         self.peers: Peers | None = None
         self.advertise = ""
+        self.peer_listen: tuple[str, int] = (config.peer_host, config.peer_port or 0)
+        assert config.peer_auth is not None
+        self.peer_auth = config.peer_auth
 
     # -- lifetime -----------------------------------------------------------
 
@@ -141,6 +146,14 @@ class ClusterNode(HubClient):
                 f"{config.data_dir} holds no cluster state: give --initial-cluster or --join"
             )
         store.set_meta("node_id", self.id)
+        if config.peer_port is None:
+            remembered = store.meta("peer_listen")
+            if remembered is None:
+                raise SystemExit(
+                    f"give --peer-listen HOST:PORT: {config.data_dir} does not say where "
+                    "this member listens for its peers"
+                )
+            self.peer_listen = parse_endpoint(remembered)
         log.info(
             "node %s: %s",
             self.id,
@@ -151,6 +164,12 @@ class ClusterNode(HubClient):
             else f"restarting from {config.data_dir}",
         )
 
+    def listening(self, address: str) -> None:
+        """The peer listener is bound at ``address``: advertise it, remember it."""
+        config = self.config
+        self.advertise = config.advertise or (config.initial_cluster or {}).get(self.id) or address
+        self._store.set_meta("peer_listen", address)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drive the Raft core until cancelled (or this node is removed)."""
         try:
@@ -158,6 +177,7 @@ class ClusterNode(HubClient):
                 self._nursery = nursery
                 self.peers = Peers(
                     self.id,
+                    self.peer_auth,
                     nursery,
                     self.raw.report_unreachable,
                     self.raw.report_snapshot,
@@ -182,7 +202,7 @@ class ClusterNode(HubClient):
             waiter.fail(Unavailable("the node is shutting down"))
 
     async def _join(self) -> None:
-        members = await add_member(self.config.join, self.id, self.advertise)
+        members = await add_member(self.config.join, self.id, self.advertise, self.peer_auth)
         log.info("joined through %s: members %s", self.config.join, ", ".join(sorted(members)))
         self.members = members
         self.peers.update(self.members)
@@ -279,18 +299,45 @@ class ClusterNode(HubClient):
     # -- proposals ------------------------------------------------------------
 
     def propose_forwarded(self, data: bytes, conf_change: bool) -> bool:
-        """A follower's proposal arrived; False if this node does not lead."""
+        """A follower's proposal arrived; False if this node does not lead.
+
+        The leader checks it again, as if a client had sent it: nothing
+        reaches the log without the limits of a client call, and no command
+        only the leader originates (an Expire) is taken from outside.
+
+        Raises:
+            InvalidArgument: the proposal does not decode, or breaks a limit.
+            PermissionDenied: it is not a command a client may cause.
+        """
         if self.role is not Role.LEADER:
             return False
+        if conf_change:
+            try:
+                change = decode_conf_change(data)
+            except RaftCodecError as exc:
+                raise InvalidArgument("data", f"not a membership change: {exc}") from None
+            self.limits.name("id", change.node_id)
+        else:
+            try:
+                command, request_id = decode_command(data)
+            except CodecError as exc:
+                raise InvalidArgument("data", str(exc)) from None
+            if len(request_id) > 256:
+                raise InvalidArgument("data", "the request id is over 256 characters")
+            self.limits.command(command)
         try:
             if conf_change:
-                self.raw.propose_conf_change(decode_conf_change(data))
+                self.raw.propose_conf_change(change)
             else:
                 self.raw.propose(data)
         except (ProposalDropped, RaftError):
             return False
         self._wake.set()
         return True
+
+    def is_member(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a member as of this node's applied state."""
+        return node_id in self.members
 
     def _propose(self, data: bytes, request_id: str) -> None:
         if self.role is Role.LEADER:
@@ -411,20 +458,35 @@ class ClusterNode(HubClient):
             log.info("this node leads; every lease gets its full TTL from now")
 
     def _apply(self, entry: Entry) -> None:
+        # A committed entry is applied the same way on every replica, whatever
+        # it holds: one that does not decode, or that the machine refuses, is
+        # the same no-op everywhere (logged), never a crash that every restart
+        # would repeat.
         self.applied = entry.index
         if entry.type is EntryType.CONF_CHANGE:
-            self._apply_conf_change(decode_conf_change(entry.data))
+            try:
+                change = decode_conf_change(entry.data)
+            except RaftCodecError as exc:
+                log.error(
+                    "entry %d: not a membership change, applied as a no-op: %s", entry.index, exc
+                )
+                return
+            self._apply_conf_change(change)
             return
         if not entry.data:
             return  # a new leader's empty entry
-        command, request_id = decode_command(entry.data)
+        try:
+            command, request_id = decode_command(entry.data)
+        except CodecError as exc:
+            log.error("entry %d applied as a no-op: %s", entry.index, exc)
+            return
         try:
             outcome = self.machine.apply(command, self.clock(), entry.index)
-        except ElectionError as exc:  # no command fails in a cluster; be safe
-            log.error("entry %d (%r) failed: %s", entry.index, command, exc)
+        except Exception as exc:  # noqa: BLE001 - see above; no command fails in a cluster
+            log.error("entry %d (%r) applied as a no-op: %r", entry.index, command, exc)
             waiter = self._pending.pop(request_id, None)
             if waiter is not None:
-                waiter.fail(exc)
+                waiter.fail(exc if isinstance(exc, ElectionError) else Unavailable(str(exc)))
             return
         self.hub.report(outcome)
         waiter = self._pending.pop(request_id, None)

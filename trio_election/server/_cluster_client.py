@@ -6,9 +6,10 @@ import logging
 
 import trio
 
-from .._bridge import Channel, GRPCError
+from .._bridge import GRPCError
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
-from ..client._transport import CONNECTION_ERRORS, parse_endpoint
+from ..client._transport import CONNECTION_ERRORS
+from ._security import PeerAuth
 
 log = logging.getLogger("trio_election.cluster")
 
@@ -16,14 +17,14 @@ log = logging.getLogger("trio_election.cluster")
 JOIN_TIMEOUT_S = 60.0
 
 
-async def add_member(through: str, node_id: str, address: str) -> dict[str, str]:
-    """Ask the cluster member at ``through`` to add ``node_id`` at ``address``.
+async def add_member(through: str, node_id: str, address: str, auth: PeerAuth) -> dict[str, str]:
+    """Ask the member whose peer listener is at ``through`` to add ``node_id``
+    at ``address``, presenting this node's peer credentials.
 
     Returns the members once the change applied. Retries while the cluster
     elects a leader or the member is unreachable, for up to a minute.
     """
-    host, port = parse_endpoint(through)
-    channel = Channel(host, port, cluster_grpc.ClusterStub)
+    channel = auth.channel(through, cluster_grpc.ClusterStub)
     try:
         with trio.fail_after(JOIN_TIMEOUT_S):
             attempt = 0

@@ -121,7 +121,14 @@ class ClusterService(cluster_grpc.ClusterBase):
 
 
 class RaftTransportService(cluster_grpc.RaftTransportBase):
-    """Receives other nodes' Raft messages and forwarded proposals."""
+    """Receives other nodes' Raft messages and forwarded proposals.
+
+    Served only on the peer listener, behind peer authentication. Even an
+    authenticated caller is held to what a member may say: a batch from a
+    node that is not a member (or was removed) is refused whole, a message
+    must come from the batch's sender, and a forwarded proposal is checked
+    again by the leader (``ClusterNode.propose_forwarded``).
+    """
 
     def __init__(self, node: ClusterNode) -> None:
         self.node = node
@@ -143,9 +150,25 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
                         Status.FAILED_PRECONDITION,
                         f"to: this is node {node.id}, not {batch.to}",
                     )
+                if not node.is_member(sender):
+                    log.warning("Raft messages from %r, which is not a member, refused", sender)
+                    raise GRPCError(
+                        Status.FAILED_PRECONDITION,
+                        f"from: {sender!r} is not a member of this cluster as node {node.id} "
+                        "knows it",
+                    )
                 for data in batch.messages:
                     try:
-                        node.raw.step(decode_message(data))
+                        message = decode_message(data)
+                        if message.from_ != sender or message.to != node.id:
+                            log.warning(
+                                "%s sent a Raft message from %r to %r; dropped",
+                                sender,
+                                message.from_,
+                                message.to,
+                            )
+                            continue
+                        node.raw.step(message)
                     except CodecError as exc:
                         log.warning(
                             "undecodable Raft message from %s: %s", getattr(batch, "from"), exc
@@ -160,7 +183,11 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
 
     async def Propose(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        accepted = self.node.propose_forwarded(request.data, request.conf_change)
+        try:
+            accepted = self.node.propose_forwarded(request.data, request.conf_change)
+        except ElectionError as exc:
+            log.warning("forwarded proposal refused: %s", exc)
+            raise to_grpc_error(exc) from None
         await stream.send_message(
             pb.ProposeResponse(accepted=accepted, leader=self.node.leader or "")
         )

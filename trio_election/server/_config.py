@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import DEFAULT_MAX_TTL_MS
+from ._auth import Tokens
+from ._security import PeerAuth
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +30,16 @@ class NodeConfig:
         node_id: This node's name in a cluster (``--id``).
         initial_cluster: ``{id: "host:port"}`` of a cluster to bootstrap.
         join: ``host:port`` of any member of a cluster to join.
-        advertise: The address other nodes reach this one at; defaults to
-            ``host:port`` (the bound port, with port 0).
+        advertise: The peer address other nodes reach this one at; defaults
+            to its entry in ``initial_cluster``, else ``peer_host:peer_port``
+            (the bound port, with port 0).
+        peer_host: Interface of the peer listener (Raft, joins, membership).
+        peer_port: Port of the peer listener; None: the one this data dir
+            used before (a restart), 0 picks a free one.
+        peer_auth: How peers authenticate each other; a cluster member
+            refuses to start without it.
+        tls: TLS for the client listener (``_tls.server_context``), or None.
+        tokens: Client tokens (``--auth-token-file``), or None for no client auth.
         tick_s: The Raft tick. Elections time out after 10 to 20 ticks
             without a leader; the leader heartbeats every tick.
         request_timeout_s: How long a command may take to commit before the
@@ -48,6 +59,11 @@ class NodeConfig:
     initial_cluster: dict[str, str] | None = None
     join: str | None = None
     advertise: str | None = None
+    peer_host: str = "127.0.0.1"
+    peer_port: int | None = None
+    peer_auth: PeerAuth | None = None
+    tls: ssl.SSLContext | None = None
+    tokens: Tokens | None = None
     tick_s: float = 0.05
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0

@@ -16,8 +16,8 @@ import trio
 
 from .._bridge import Channel, GRPCError, Status, StreamTerminatedError
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
-from ..client._transport import parse_endpoint
 from ..raft import Message, MessageType, encode_message
+from ._security import PeerAuth
 
 log = logging.getLogger("trio_election.peers")
 
@@ -32,6 +32,7 @@ class Peers:
 
     Args:
         self_id: This node's id (never sent to).
+        auth: This node's peer credentials, presented on every call.
         nursery: Where the sender tasks run.
         unreachable: Called with a peer id when sending to it failed.
         snapshot_status: Called with ``(peer, delivered)`` for each snapshot.
@@ -41,12 +42,14 @@ class Peers:
     def __init__(
         self,
         self_id: str,
+        auth: PeerAuth,
         nursery: trio.Nursery,
         unreachable: Callable[[str], None],
         snapshot_status: Callable[[str, bool], None],
         removed: Callable[[str], None],
     ) -> None:
         self._self_id = self_id
+        self.auth = auth
         self._nursery = nursery
         self._unreachable = unreachable
         self._snapshot_status = snapshot_status
@@ -92,8 +95,7 @@ class _Sender:
         self.peer = peer
         self.address = address
         self.scope = trio.CancelScope()
-        host, port = parse_endpoint(address)
-        self.channel = Channel(host, port, cluster_grpc.RaftTransportStub)
+        self.channel = peers.auth.channel(address, cluster_grpc.RaftTransportStub)
         self._send, self._receive = trio.open_memory_channel[Message](QUEUE_LIMIT)
         self._dropping = False
 
@@ -124,6 +126,8 @@ class _Sender:
                     if exc.status is Status.PERMISSION_DENIED:
                         self.peers._removed(self.peer)
                         return
+                    if failures == 0 or exc.status is Status.UNAUTHENTICATED:
+                        log.warning("peer %s refused our messages: %s", self.peer, exc.message)
                     failures += 1
                     self._failed(batch + self._drain(everything=True))
                     await trio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)))

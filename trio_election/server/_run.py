@@ -10,10 +10,12 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 
 from .._bridge import GRPCError, GrpcServer, Status, asyncio_loop, end_streams
+from ._auth import Guard
 from ._cluster import ClusterNode
 from ._cluster_service import ClusterService, RaftTransportService
 from ._config import NodeConfig
 from ._node import Node
+from ._security import NO_PEER_AUTH, SecurityConfigError
 from ._service import LeaderElectionService
 
 log = logging.getLogger("trio_election.server")
@@ -26,51 +28,97 @@ async def serve(
 ) -> None:
     """Serve one node until cancelled, then shut down gracefully.
 
-    ``task_status.started(port)`` reports the bound port, so tests can run
-    ``port = await nursery.start(serve, NodeConfig(port=0, ...))``. With a node
-    id and ``initial_cluster`` or ``join`` (or a data dir that holds a Raft
-    log), the node is a member of a Raft cluster; otherwise a single node.
+    ``task_status.started(port)`` reports the bound client port, so tests can
+    run ``port = await nursery.start(serve, NodeConfig(port=0, ...))``. With a
+    node id and ``initial_cluster`` or ``join`` (or a data dir that holds a
+    Raft log), the node is a member of a Raft cluster, with a second listener
+    for its peers; otherwise a single node.
+
+    Raises:
+        SecurityConfigError: a cluster member without peer authentication.
     """
     node: Node | ClusterNode
-    services: list[Any]
+    guard = Guard(config.tokens)
+    peer_server: GrpcServer | None = None
     if config.clustered:
+        if config.peer_auth is None:
+            raise SecurityConfigError(NO_PEER_AUTH)
         node = ClusterNode(config)
-        services = [ClusterService(node), RaftTransportService(node)]
+        transport = RaftTransportService(node)
+        client_services: list[Any] = [ClusterService(node)]
+        peer_server = GrpcServer(
+            [transport, ClusterService(node), Health()],
+            ssl=config.peer_auth.server_ssl,
+            authorize=config.peer_auth.authorize,
+        )
     else:
         node = Node(config)
-        services = []
-    service = LeaderElectionService(node)
-    handlers = ServerReflection.extend([service, *services, Health()])
+        client_services = []
+    service = LeaderElectionService(node, guard)
+    handlers = ServerReflection.extend([service, *client_services, Health()])
     async with asyncio_loop(), trio.open_nursery() as nursery:
         if isinstance(node, ClusterNode):
             await node.open()
         else:
             await nursery.start(node.run)
-        server = GrpcServer(handlers)
+        server = GrpcServer(handlers, ssl=config.tls, authorize=guard.authorize)
         port = await server.start(config.host, config.port)
         if isinstance(node, ClusterNode):
-            node.advertise = config.advertise or f"{config.host}:{port}"
+            assert peer_server is not None
+            peer_host, peer_port = node.peer_listen
+            peer_port = await peer_server.start(peer_host, peer_port)
+            node.listening(f"{peer_host}:{peer_port}")
             await nursery.start(node.run)
             nursery.start_soon(_stop_when_removed, node, nursery.cancel_scope)
-        log.info(
-            "serving on %s:%d (%s)",
-            config.host,
-            port,
-            f"cluster member {config.node_id}"
-            if isinstance(node, ClusterNode)
-            else f"data dir {config.data_dir}"
-            if config.data_dir
-            else "in memory",
-        )
+            log.info(
+                "serving clients on %s:%d, peers on %s:%d (cluster member %s, peers %s)",
+                config.host,
+                port,
+                peer_host,
+                peer_port,
+                config.node_id,
+                _peer_auth_words(config),
+            )
+        else:
+            log.info(
+                "serving on %s:%d (%s)",
+                config.host,
+                port,
+                f"data dir {config.data_dir}" if config.data_dir else "in memory",
+            )
+        if config.tls is not None or config.tokens is not None:
+            log.info(
+                "clients: %s, %s",
+                "TLS" if config.tls is not None else "plain text",
+                f"{len(config.tokens)} tokens" if config.tokens is not None else "no tokens",
+            )
         task_status.started(port)
         try:
             await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                streams = [service.streams, *(getattr(s, "streams", ()) for s in services)]
+                streams = [service.streams]
+                if isinstance(node, ClusterNode):
+                    streams.append(transport.streams)
                 await _shutdown(server, service, node, streams, config.shutdown_grace_s)
+                if peer_server is not None:
+                    with trio.move_on_after(config.shutdown_grace_s):
+                        await peer_server.close()
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _peer_auth_words(config: NodeConfig) -> str:
+    auth = config.peer_auth
+    assert auth is not None
+    if auth.insecure:
+        return "NOT AUTHENTICATED (--unsafe-insecure-peers)"
+    words = []
+    if auth.server_ssl is not None:
+        words.append("mutual TLS")
+    if auth.cluster_key is not None:
+        words.append("cluster key")
+    return " and ".join(words)
 
 
 async def _stop_when_removed(node: ClusterNode, scope: trio.CancelScope) -> None:

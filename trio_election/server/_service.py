@@ -25,9 +25,10 @@ from .._bridge import (
     recv_request,
     serve_in_order,
 )
-from .._errors import ElectionError
+from .._errors import ElectionError, InvalidArgument
 from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
+from ._auth import Guard
 from ._hub import CLOSING, OVERFLOW
 from ._status import to_grpc_error
 
@@ -58,10 +59,18 @@ def _handler(method: Handler) -> Handler:
 
 
 class LeaderElectionService(election_grpc.LeaderElectionBase):
-    """Serves the client API of one node."""
+    """Serves the client API of one node.
 
-    def __init__(self, node: Any) -> None:
+    With client auth on (``guard.enabled``), every call is checked against its
+    token's prefix and role before anything happens, grants are recorded with
+    the token's identity (only it may refresh, renew or release them), and a
+    Heartbeat or Release must name the fencing token it holds: with many
+    clients on one network, a node_id is a name anyone can say.
+    """
+
+    def __init__(self, node: Any, guard: Guard | None = None) -> None:
         self.node = node
+        self.guard = guard or Guard(None)
         self.active = 0
         self.on_idle: Callable[[], None] | None = None
         self.streams: set[Any] = set()  # open KeepAlive streams, ended on shutdown
@@ -78,23 +87,40 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             value=holder.value,
         )
 
-    def _names(self, request: Any) -> tuple[str, str]:
-        """The request's checked election and node_id."""
-        limits = self.node.limits
-        return limits.name("election", request.election), limits.name("node_id", request.node_id)
+    def _election(self, stream: Any, request: Any, *, write: bool = False) -> tuple[str, str]:
+        """The request's checked election, and the caller's identity for it."""
+        election = self.node.limits.name("election", request.election)
+        return election, self.guard.check(stream, election, write=write)
 
-    def _acquire(self, request: Any, *, wait: bool, waiter: str = "") -> Acquire:
+    def _names(self, stream: Any, request: Any) -> tuple[str, str, str]:
+        """The request's checked election and node_id, and the caller's identity."""
+        election, owner = self._election(stream, request, write=True)
+        return election, self.node.limits.name("node_id", request.node_id), owner
+
+    def _token(self, request: Any) -> int:
+        if request.fencing_token == 0 and self.guard.enabled:
+            raise InvalidArgument(
+                "fencing_token",
+                "must be the token of the grant (not 0) when the node requires client tokens",
+            )
+        return request.fencing_token
+
+    def _acquire(self, stream: Any, request: Any, *, wait: bool, waiter: str = "") -> Acquire:
         limits = self.node.limits
+        election, node_id, owner = self._names(stream, request)
         return Acquire(
-            *self._names(request),
+            election,
+            node_id,
             limits.ttl("ttl_ms", request.ttl_ms),
             limits.value("value", request.value),
             wait=wait,
             waiter=waiter,
+            owner=owner,
         )
 
-    async def _renew(self, request: Any) -> pb.HeartbeatResponse:
-        outcome = await self.node.execute(Renew(*self._names(request), request.fencing_token))
+    async def _renew(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
+        election, node_id, owner = self._names(stream, request)
+        outcome = await self.node.execute(Renew(election, node_id, self._token(request), owner))
         return pb.HeartbeatResponse(
             success=outcome.success, leader=self._leader(outcome.holder), election=request.election
         )
@@ -102,25 +128,27 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     @_handler
     async def TryBecomeLeader(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        outcome = await self.node.execute(self._acquire(request, wait=False))
+        outcome = await self.node.execute(self._acquire(stream, request, wait=False))
         await stream.send_message(
             pb.TryBecomeLeaderResponse(success=outcome.success, leader=self._leader(outcome.holder))
         )
 
     @_handler
     async def Heartbeat(self, stream: Any) -> None:
-        await stream.send_message(await self._renew(await recv_one_request(stream)))
+        await stream.send_message(await self._renew(stream, await recv_one_request(stream)))
 
     @_handler
     async def ReleaseLeadership(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        outcome = await self.node.execute(Release(*self._names(request), request.fencing_token))
+        election, node_id, owner = self._names(stream, request)
+        outcome = await self.node.execute(Release(election, node_id, self._token(request), owner))
         await stream.send_message(pb.ReleaseLeadershipResponse(released=outcome.success))
 
     @_handler
     async def IsLeader(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        election, node_id = self._names(request)
+        election, _ = self._election(stream, request)
+        node_id = self.node.limits.name("node_id", request.node_id)
         holder = await self.node.read(election)
         await stream.send_message(
             pb.IsLeaderResponse(
@@ -132,7 +160,8 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     @_handler
     async def GetCurrentLeader(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        holder = await self.node.read(self.node.limits.name("election", request.election))
+        election, _ = self._election(stream, request)
+        holder = await self.node.read(election)
         await stream.send_message(
             pb.GetCurrentLeaderResponse(has_leader=holder is not None, leader=self._leader(holder))
         )
@@ -144,7 +173,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         waiter_id, waiter = node.new_campaign()
         holder: Holder | None = None  # set when this call was granted the election
         try:
-            command = self._acquire(request, wait=True, waiter=waiter_id)
+            command = self._acquire(stream, request, wait=True, waiter=waiter_id)
             outcome = await node.execute(command)
             if outcome.success:
                 node.end_campaign(command.election, waiter_id)
@@ -162,31 +191,34 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             # an election granted to a caller that will never hear of it.
             node.end_campaign(request.election, waiter_id)
             if holder is not None:
-                node.submit(Release(holder.election, holder.node_id, holder.fencing_token))
+                node.submit(
+                    Release(holder.election, holder.node_id, holder.fencing_token, holder.owner)
+                )
             raise
 
     @_handler
     async def KeepAlive(self, stream: Any) -> None:
         self.streams.add(stream)
+        renew = functools.partial(self._renew, stream)
         try:
             if self.node.pipelined:
                 # Each renewal waits for a commit: let a window of them commit
                 # together, and answer in order.
                 await serve_in_order(
-                    stream, self._renew, limit=KEEPALIVE_WINDOW, stop=lambda: self.node.closing
+                    stream, renew, limit=KEEPALIVE_WINDOW, stop=lambda: self.node.closing
                 )
                 return
             while (request := await recv_request(stream)) is not None:
                 if self.node.closing:
                     return  # already ended with UNAVAILABLE by the shutdown
-                await stream.send_message(await self._renew(request))
+                await stream.send_message(await renew(request))
         finally:
             self.streams.discard(stream)
 
     @_handler
     async def Watch(self, stream: Any) -> None:
         request = await recv_one_request(stream)
-        election = self.node.limits.name("election", request.election)
+        election, _ = self._election(stream, request)
         queue = MessageQueue(self.node.config.watch_buffer)
         holder, revision = self.node.watch(election, queue)
         try:

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from .._bridge import GRPCError, Status
-from .._errors import ElectionError, InvalidArgument, OutOfRange, Superseded, Unavailable
+from .._errors import (
+    ElectionError,
+    InvalidArgument,
+    OutOfRange,
+    PermissionDenied,
+    Superseded,
+    Unauthenticated,
+    Unavailable,
+)
 
 _STATUS: list[tuple[type[ElectionError], Status]] = [
     (InvalidArgument, Status.INVALID_ARGUMENT),
+    (PermissionDenied, Status.PERMISSION_DENIED),
+    (Unauthenticated, Status.UNAUTHENTICATED),
     (Unavailable, Status.UNAVAILABLE),
     (Superseded, Status.ABORTED),
     (OutOfRange, Status.OUT_OF_RANGE),

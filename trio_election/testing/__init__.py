@@ -1,5 +1,10 @@
 """Test helpers for trio-election (importable by any test suite)."""
 
+from ._credentials import (
+    CertFiles as CertFiles,
+    make_certs as make_certs,
+    write_secret as write_secret,
+)
 from ._election_sim import (
     ElectionReplica as ElectionReplica,
     ElectionSimOptions as ElectionSimOptions,
@@ -17,6 +22,7 @@ from ._raft_sim import (
 )
 
 __all__ = [
+    "CertFiles",
     "Cluster",
     "ElectionReplica",
     "ElectionSimOptions",
@@ -28,4 +34,6 @@ __all__ = [
     "SimOptions",
     "Simulation",
     "StateMachine",
+    "make_certs",
+    "write_secret",
 ]
