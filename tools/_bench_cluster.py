@@ -40,6 +40,8 @@ from typing import Any
 
 import bench as b
 
+from trio_election.testing import write_secret
+
 CLUSTER_SIZE = 3
 CLUSTER_CONCURRENCY = (1, 16, 64, 256)
 KA_WINDOW = 16
@@ -131,9 +133,14 @@ class Cluster:
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(size)]
         self.ports = [b.free_port() for _ in self.ids]
+        self.peer_ports = [b.free_port() for _ in self.ids]
         self.initial = ",".join(
-            f"{node_id}={b.HOST}:{port}" for node_id, port in zip(self.ids, self.ports, strict=True)
+            f"{node_id}={b.HOST}:{port}"
+            for node_id, port in zip(self.ids, self.peer_ports, strict=True)
         )
+        # Peers authenticate with a cluster key, as a deployment would.
+        root.mkdir(parents=True, exist_ok=True)
+        self.key_file = write_secret(root / "cluster.key")
         self.nodes: list[b.NodeProcess | None] = [None] * size
         self.dead: list[b.NodeProcess] = []  # killed ones, reaped in stop()
         self.status_client = StatusClient()
@@ -146,7 +153,14 @@ class Cluster:
         node = b.NodeProcess(
             self.root / self.ids[i],
             port=self.ports[i],
-            extra=["--id", self.ids[i], "--initial-cluster", self.initial],
+            extra=[
+                "--id",
+                self.ids[i],
+                "--initial-cluster",
+                self.initial,
+                "--cluster-key-file",
+                str(self.key_file),
+            ],
         )
         self.nodes[i] = node
         return node

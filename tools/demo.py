@@ -28,10 +28,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import trio
 
 from trio_election import EventKind, open_client
+from trio_election.testing import CertFiles, make_certs
 
 ELECTION = "production"
 TTL = 4.0
@@ -161,8 +163,12 @@ class Checker:
 async def main() -> int:
     story = Story()
     nodes = {f"n{i}": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)}
-    initial = ",".join(f"{n}={a}" for n, a in nodes.items())
+    PEERS.update({n: f"127.0.0.1:{free_port()}" for n in (*nodes, "n4")})
+    initial = ",".join(f"{n}={PEERS[n]}" for n in nodes)
     with tempfile.TemporaryDirectory(prefix="trio-election-demo-") as tmp:
+        # Peers authenticate each other by mutual TLS, with certificates of
+        # a CA made for this run.
+        CERTS.update(make_certs(Path(tmp) / "certs", list(PEERS)))
         async with trio.open_nursery() as nursery:
             procs = Processes(story, nursery)
             try:
@@ -173,7 +179,13 @@ async def main() -> int:
     return 0
 
 
+#: Each node's peer address, and its certificate of the run's CA.
+PEERS: dict[str, str] = {}
+CERTS: dict[str, CertFiles] = {}
+
+
 def node_argv(node: str, address: str, tmp: str, *extra: str) -> list[str]:
+    certs = CERTS[node]
     return [
         *CLI,
         "node",
@@ -181,6 +193,14 @@ def node_argv(node: str, address: str, tmp: str, *extra: str) -> list[str]:
         node,
         "--listen",
         address,
+        "--peer-listen",
+        PEERS[node],
+        "--peer-cert",
+        str(certs.cert),
+        "--peer-key",
+        str(certs.key),
+        "--peer-ca",
+        str(certs.ca),
         "--data-dir",
         os.path.join(tmp, node),
         "--log-level",
@@ -192,6 +212,7 @@ def node_argv(node: str, address: str, tmp: str, *extra: str) -> list[str]:
 async def run_story(story, procs, nursery, nodes, initial, tmp) -> None:
     say = story.say
     say("demo", f"three nodes, three clients, one election ({ELECTION!r}), TTL {TTL:g} s")
+    say("demo", "the nodes authenticate each other by mutual TLS on their peer ports")
     for node, address in nodes.items():
         await procs.start(node, node_argv(node, address, tmp, "--initial-cluster", initial))
     raft_leader = await wait_for_leader(nodes)
@@ -318,7 +339,7 @@ async def run_story(story, procs, nursery, nodes, initial, tmp) -> None:
         # 5. A fourth node joins through a member.
         follower = next(n for n in survivors if n != new_leader)
         n4 = f"127.0.0.1:{free_port()}"
-        await procs.start("n4", node_argv("n4", n4, tmp, "--join", nodes[follower]))
+        await procs.start("n4", node_argv("n4", n4, tmp, "--join", PEERS[follower]))
         with trio.fail_after(30):
             while (
                 (view := await status(n4)) is None or len(view["members"]) < 4 or not view["leader"]

@@ -25,6 +25,7 @@ import trio
 from trio_election._bridge import Channel, GRPCError
 from trio_election._generated.v1 import cluster_grpc, cluster_pb2 as pb, election_grpc
 from trio_election.client._transport import CONNECTION_ERRORS
+from trio_election.testing import CertFiles, make_certs, write_secret
 
 #: How long a cluster may take to agree on a Raft leader (processes start in ~0.3 s).
 STABLE_TIMEOUT = 20.0
@@ -54,6 +55,7 @@ class NodeProcess:
 
     id: str
     address: str
+    peer_address: str
     data_dir: Path
     log_path: Path
     process: trio.Process | None = None
@@ -77,6 +79,31 @@ class Cluster:
         self.nodes: dict[str, NodeProcess] = {}
         #: Flags every node gets (e.g. a small --snapshot-entries).
         self.flags: tuple[str, ...] = ()
+        #: The cluster key every member presents (peer authentication).
+        self.key_file = write_secret(root / "cluster.key")
+        #: Set by use_mutual_tls: each member's certificate instead of the key.
+        self.certs: dict[str, CertFiles] | None = None
+
+    def use_mutual_tls(self, names: Iterable[str]) -> None:
+        """Authenticate peers by certificates of one fresh CA instead of the key."""
+        self.certs = make_certs(self.root / "certs", list(names))
+
+    def peer_flags(self, node_id: str) -> list[str]:
+        """The peer-authentication flags of ``node_id``."""
+        if self.certs is None:
+            return ["--cluster-key-file", str(self.key_file)]
+        files = self.certs[node_id]
+        return [
+            "--peer-cert",
+            str(files.cert),
+            "--peer-key",
+            str(files.key),
+            "--peer-ca",
+            str(files.ca),
+        ]
+
+    def peer_endpoints(self, ids: Iterable[str] | None = None) -> list[str]:
+        return [self.nodes[i].peer_address for i in (self.nodes if ids is None else ids)]
 
     # -- processes ------------------------------------------------------------
 
@@ -86,6 +113,7 @@ class Cluster:
     def add(self, node_id: str) -> NodeProcess:
         node = NodeProcess(
             node_id,
+            f"127.0.0.1:{free_port()}",
             f"127.0.0.1:{free_port()}",
             self.root / node_id,
             self.root / f"{node_id}.log",
@@ -98,17 +126,21 @@ class Cluster:
         ids = [f"n{i}" for i in range(1, count + 1)]
         for node_id in ids:
             self.add(node_id)
-        initial = ",".join(f"{i}={self.nodes[i].address}" for i in ids)
+        initial = ",".join(f"{i}={self.nodes[i].peer_address}" for i in ids)
         for node_id in ids:
             await self.spawn(node_id, "--initial-cluster", initial)
         return await self.wait_stable(ids)
 
-    async def spawn(self, node_id: str, *extra: str) -> NodeProcess:
-        """Start (or restart) ``node_id`` with ``--id --listen --data-dir`` and ``extra``."""
+    async def spawn(self, node_id: str, *extra: str, peer_listen: bool = True) -> NodeProcess:
+        """Start (or restart) ``node_id`` with ``--id --listen --data-dir``, its peer
+        credentials, ``--peer-listen`` (unless ``peer_listen`` is False) and ``extra``."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is running already"
         command = [sys.executable, "-m", "trio_election", "node", "--id", node_id]
         command += ["--listen", node.address, "--data-dir", str(node.data_dir)]
+        if peer_listen:
+            command += ["--peer-listen", node.peer_address]
+        command += self.peer_flags(node_id)
         command += ["--tick", str(self.tick), *self.flags, *extra]
         with open(node.log_path, "ab") as log:
             log.write(f"==== {' '.join(command[1:])}\n".encode())
@@ -123,8 +155,9 @@ class Cluster:
         return node
 
     async def restart(self, node_id: str) -> NodeProcess:
-        """Start a stopped member again from its data dir: no cluster flags at all."""
-        return await self.spawn(node_id)
+        """Start a stopped member again from its data dir: no cluster flags at all
+        (its peer address too comes from the data dir), only its credentials."""
+        return await self.spawn(node_id, peer_listen=False)
 
     async def kill(self, node_id: str, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` and wait (bounded) for the process to end; its exit code."""

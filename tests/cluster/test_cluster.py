@@ -57,7 +57,7 @@ async def test_three_nodes_elect_one_raft_leader_and_all_agree(cluster: Cluster)
     assert roles == {i: "leader" if i == leader else "follower" for i in statuses}, roles
     for status in statuses.values():
         assert {(m.id, m.address) for m in status.members} == {
-            (n.id, n.address) for n in cluster.nodes.values()
+            (n.id, n.peer_address) for n in cluster.nodes.values()
         }
         assert [m.id for m in status.members if m.is_leader] == [leader]
     assert statuses[leader].from_leader
@@ -239,7 +239,7 @@ async def test_a_fourth_node_joins_through_a_follower_then_is_removed_and_exits(
         assert granted.success
 
         cluster.add("n4")
-        await cluster.spawn("n4", "--join", cluster.nodes[follower].address)
+        await cluster.spawn("n4", "--join", cluster.nodes[follower].peer_address)
         leader, _ = await cluster.wait_stable(["n1", "n2", "n3", "n4"])
         assert await member_ids(cluster.endpoints(original)) == ["n1", "n2", "n3", "n4"]
 
@@ -258,7 +258,21 @@ async def test_a_fourth_node_joins_through_a_follower_then_is_removed_and_exits(
         )
         assert (await fourth.get_leader("later")).node_id == "worker-c"
 
-    result = await run_cli("member", "remove", "n4", "--endpoints", ",".join(cluster.endpoints()))
+    # On the client port, without an admin token, the removal is refused.
+    refused = await run_cli("member", "remove", "n4", "--endpoints", ",".join(cluster.endpoints()))
+    assert refused.returncode == 1
+    assert "need a token with the admin role" in refused.stderr.decode()
+    assert await member_ids(cluster.endpoints(original)) == ["n1", "n2", "n3", "n4"]
+    # With the cluster key on the peer port, it is done.
+    result = await run_cli(
+        "member",
+        "remove",
+        "n4",
+        "--endpoints",
+        ",".join(cluster.peer_endpoints()),
+        "--cluster-key-file",
+        str(cluster.key_file),
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert "removed n4" in result.stdout.decode()
     assert await member_ids(cluster.endpoints(original)) == ["n1", "n2", "n3"]
@@ -386,12 +400,12 @@ async def test_cli_status_prints_every_member_and_the_leader(cluster: Cluster):
     print(out)
     first, header, *rows = out.splitlines()
     assert first.startswith(f"node {leader} (leader), Raft leader {leader}, term {term}")
-    assert header.split() == ["ID", "ADDRESS", "ROLE", "MATCH", "LAG", "HEALTH"]
+    assert header.split() == ["ID", "PEER", "ROLE", "MATCH", "LAG", "HEALTH"]
     table = {row.split()[0]: row.split() for row in rows}
     assert set(table) == set(cluster.nodes)
     for node in cluster.nodes.values():
         node_id, address, role, _match, lag, health = table[node.id]
-        assert address == node.address
+        assert address == node.peer_address
         assert role == ("leader" if node.id == leader else "follower")
         assert (lag, health) == ("0", "ok")
 

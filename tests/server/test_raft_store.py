@@ -27,6 +27,7 @@ from trio_election.raft import (
     SnapshotMetadata,
 )
 from trio_election.server._raft_store import CorruptLog, RaftStore
+from trio_election.testing import write_secret
 
 VOTERS = ConfState(voters=("n1", "n2", "n3"))
 
@@ -315,6 +316,8 @@ async def test_a_node_started_on_a_corrupt_data_dir_exits_with_the_reason(
     tamper(data_dir, "UPDATE entries SET data = ? WHERE idx = 2", b"\xff\x00")
     command = [sys.executable, "-m", "trio_election", "node", "--id", "n1"]
     command += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    command += ["--peer-listen", "127.0.0.1:0"]
+    command += ["--cluster-key-file", str(write_secret(tmp_path / "cluster.key"))]
     with trio.fail_after(30):
         result = await trio.run_process(
             command, capture_stdout=True, capture_stderr=True, check=False
