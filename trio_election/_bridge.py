@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -34,12 +35,14 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 import grpclib.client
+import grpclib.const
 import grpclib.events
 import grpclib.protocol
 import grpclib.server
 import h2.events
 import trio
 import trio_asyncio
+from google.protobuf import empty_pb2
 from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -128,11 +131,33 @@ class _Protocol(grpclib.protocol.H2Protocol):
         self.processor.processors[h2.events.UnknownFrameReceived] = lambda event: None
 
 
+async def _unimplemented(method: str, stream: grpclib.server.Stream) -> None:
+    raise GRPCError(Status.UNIMPLEMENTED, f"{method}: no such method on this port")
+
+
+class _Methods(dict):
+    """A server's methods by path; an unknown path gets a handler that answers
+    UNIMPLEMENTED as a whole gRPC response. grpclib's own answer carries no
+    content-type, which grpclib's client reports as UNKNOWN."""
+
+    def get(self, path: str, default: Any = None) -> Any:
+        method = super().get(path)
+        if method is not None:
+            return method
+        return grpclib.const.Handler(
+            functools.partial(_unimplemented, path),
+            grpclib.const.Cardinality.UNARY_UNARY,
+            empty_pb2.Empty,
+            empty_pb2.Empty,
+        )
+
+
 class _Server(grpclib.server.Server):
     """grpclib's server that remembers its connections, so it can close them."""
 
     def __init__(self, handlers: Collection[Any]) -> None:
         super().__init__(handlers)
+        self._mapping = _Methods(self._mapping)
         self.protocols: weakref.WeakSet[_Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> _Protocol:
@@ -228,7 +253,9 @@ class GrpcServer:
         """Cancel every call in progress and close every connection."""
         self._server.close()
         for protocol in list(self._server.protocols):
-            protocol.processor.close("server shutting down")
+            # A connection whose TLS handshake failed never got a processor.
+            if hasattr(protocol, "processor"):
+                protocol.processor.close("server shutting down")
         await trio_asyncio.aio_as_trio(self._server.wait_closed)()
 
 
