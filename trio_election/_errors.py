@@ -37,6 +37,11 @@ class PermissionDenied(ElectionError):
     role, or a command only the Raft leader may originate."""
 
 
+class ResourceExhausted(ElectionError):
+    """Raised when a request would take the node past one of its limits
+    (elections held, campaigners waiting, watchers); the message names it."""
+
+
 class Unauthenticated(ElectionError):
     """Raised by the client library when the server needs credentials the
     call did not carry (no token, an unknown token)."""

@@ -141,10 +141,46 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="require a token: one a line, TOKEN [ELECTION-PREFIX [read|write|admin]]; "
         "reloaded on SIGHUP",
     )
+    limits = parser.add_argument_group(
+        "limits", "what one client can take from the others (over a limit: RESOURCE_EXHAUSTED)"
+    )
+    defaults = NodeConfig()
+    for flag, field, what in [
+        ("--max-elections", "max_elections", "elections this node holds"),
+        ("--max-campaigners", "max_campaigners", "Campaign calls waiting for one election"),
+        ("--max-watchers", "max_watchers", "Watch streams this node serves"),
+        (
+            "--max-watchers-per-connection",
+            "max_watchers_per_connection",
+            "Watch streams one client connection opens",
+        ),
+        ("--keepalive-window", "keepalive_window", "renewals in flight on one KeepAlive stream"),
+    ]:
+        limits.add_argument(
+            flag,
+            type=_positive_int(flag),
+            default=getattr(defaults, field),
+            metavar="N",
+            help=f"{what}, at most (default %(default)s)",
+        )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(run=run)
+
+
+def _positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def config_from(args: argparse.Namespace) -> NodeConfig:
@@ -202,6 +238,11 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         peer_auth=peer_auth,
         tls=tls,
         tokens=tokens,
+        max_elections=args.max_elections,
+        max_campaigners=args.max_campaigners,
+        max_watchers=args.max_watchers,
+        max_watchers_per_connection=args.max_watchers_per_connection,
+        keepalive_window=args.keepalive_window,
         tick_s=args.tick,
         snapshot_entries=args.snapshot_entries,
         request_timeout_s=args.request_timeout,

@@ -21,6 +21,7 @@ from .._errors import (
     InvalidArgument,
     OutOfRange,
     PermissionDenied,
+    ResourceExhausted,
     Superseded,
     Unauthenticated,
     Unavailable,
@@ -70,6 +71,8 @@ def from_status(exc: GRPCError) -> ElectionError:
         return Unauthenticated(message)
     if exc.status is Status.PERMISSION_DENIED:
         return PermissionDenied(message)
+    if exc.status is Status.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(message)
     if exc.status is Status.OUT_OF_RANGE:
         return OutOfRange(message)
     return ElectionError(f"{exc.status.name}: {message}")

@@ -40,6 +40,13 @@ class NodeConfig:
             refuses to start without it.
         tls: TLS for the client listener (``_tls.server_context``), or None.
         tokens: Client tokens (``--auth-token-file``), or None for no client auth.
+        max_elections: Elections one node holds at most; a grant of one more
+            is RESOURCE_EXHAUSTED (renewals and releases always go through).
+        max_campaigners: Campaign calls that may wait for one election.
+        max_watchers: Watch streams one node serves at most.
+        max_watchers_per_connection: Watch streams one client connection may open.
+        keepalive_window: Renewals of one KeepAlive stream in flight at once
+            (the client waits for answers beyond it).
         tick_s: The Raft tick. Elections time out after 10 to 20 ticks
             without a leader; the leader heartbeats every tick.
         request_timeout_s: How long a command may take to commit before the
@@ -64,6 +71,11 @@ class NodeConfig:
     peer_auth: PeerAuth | None = None
     tls: ssl.SSLContext | None = None
     tokens: Tokens | None = None
+    max_elections: int = 1_000_000
+    max_campaigners: int = 1000
+    max_watchers: int = 10_000
+    max_watchers_per_connection: int = 100
+    keepalive_window: int = 256
     tick_s: float = 0.05
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0

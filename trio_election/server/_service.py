@@ -25,7 +25,7 @@ from .._bridge import (
     recv_request,
     serve_in_order,
 )
-from .._errors import ElectionError, InvalidArgument
+from .._errors import ElectionError, InvalidArgument, ResourceExhausted
 from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Release, Renew
 from ._auth import Guard
@@ -33,9 +33,6 @@ from ._hub import CLOSING, OVERFLOW
 from ._status import to_grpc_error
 
 log = logging.getLogger("trio_election.service")
-
-#: Renewals of one KeepAlive stream that may wait for their commit at once.
-KEEPALIVE_WINDOW = 256
 
 Handler = Callable[["LeaderElectionService", Any], Awaitable[None]]
 
@@ -74,6 +71,8 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         self.active = 0
         self.on_idle: Callable[[], None] | None = None
         self.streams: set[Any] = set()  # open KeepAlive streams, ended on shutdown
+        self.watchers: dict[Any, int] = {}  # open Watch streams by client address
+        self.watching = 0  # their sum
 
     def _leader(self, holder: Holder | None) -> pb.Leader | None:
         if holder is None:
@@ -108,6 +107,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     def _acquire(self, stream: Any, request: Any, *, wait: bool, waiter: str = "") -> Acquire:
         limits = self.node.limits
         election, node_id, owner = self._names(stream, request)
+        self._check_room(election, wait)
         return Acquire(
             election,
             node_id,
@@ -117,6 +117,20 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             waiter=waiter,
             owner=owner,
         )
+
+    def _check_room(self, election: str, wait: bool) -> None:
+        """Refuse to hold one more election, or queue one more campaigner, past the limits."""
+        machine, config = self.node.machine, self.node.config
+        if machine.holder(election) is None and len(machine) >= config.max_elections:
+            raise ResourceExhausted(
+                f"elections: this node holds {len(machine)}, the limit is "
+                f"{config.max_elections} (--max-elections)"
+            )
+        if wait and machine.waiting(election) >= config.max_campaigners:
+            raise ResourceExhausted(
+                f"election: {machine.waiting(election)} campaigners wait for {election!r}, "
+                f"the limit is {config.max_campaigners} (--max-campaigners)"
+            )
 
     async def _renew(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
         election, node_id, owner = self._names(stream, request)
@@ -205,7 +219,10 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
                 # Each renewal waits for a commit: let a window of them commit
                 # together, and answer in order.
                 await serve_in_order(
-                    stream, renew, limit=KEEPALIVE_WINDOW, stop=lambda: self.node.closing
+                    stream,
+                    renew,
+                    limit=self.node.config.keepalive_window,
+                    stop=lambda: self.node.closing,
                 )
                 return
             while (request := await recv_request(stream)) is not None:
@@ -219,6 +236,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     async def Watch(self, stream: Any) -> None:
         request = await recv_one_request(stream)
         election, _ = self._election(stream, request)
+        client = self._count_watcher(stream)
         queue = MessageQueue(self.node.config.watch_buffer)
         holder, revision = self.node.watch(election, queue)
         try:
@@ -250,6 +268,28 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
                     revision = event.revision
         finally:
             self.node.unwatch(election, queue)
+            self.watching -= 1
+            self.watchers[client] -= 1
+            if not self.watchers[client]:
+                del self.watchers[client]
+
+    def _count_watcher(self, stream: Any) -> Any:
+        """Count one more Watch for the stream's connection, within the limits."""
+        config = self.node.config
+        client = stream.peer.addr()
+        if self.watching >= config.max_watchers:
+            raise ResourceExhausted(
+                f"watch: this node serves {self.watching} watchers, the limit is "
+                f"{config.max_watchers}"
+            )
+        if self.watchers.get(client, 0) >= config.max_watchers_per_connection:
+            raise ResourceExhausted(
+                f"watch: this connection has {self.watchers[client]} watchers open, the limit "
+                f"is {config.max_watchers_per_connection}"
+            )
+        self.watchers[client] = self.watchers.get(client, 0) + 1
+        self.watching += 1
+        return client
 
     def _event(self, event: Event) -> pb.LeaderEvent:
         return pb.LeaderEvent(

@@ -8,6 +8,7 @@ from .._errors import (
     InvalidArgument,
     OutOfRange,
     PermissionDenied,
+    ResourceExhausted,
     Superseded,
     Unauthenticated,
     Unavailable,
@@ -16,6 +17,7 @@ from .._errors import (
 _STATUS: list[tuple[type[ElectionError], Status]] = [
     (InvalidArgument, Status.INVALID_ARGUMENT),
     (PermissionDenied, Status.PERMISSION_DENIED),
+    (ResourceExhausted, Status.RESOURCE_EXHAUSTED),
     (Unauthenticated, Status.UNAUTHENTICATED),
     (Unavailable, Status.UNAVAILABLE),
     (Superseded, Status.ABORTED),
