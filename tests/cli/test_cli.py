@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from trio_election._tls import server_context
 from trio_election.cli import main
 from trio_election.cli._main import build_parser
 from trio_election.cli._node import config_from
 from trio_election.server import NodeConfig, serve
+from trio_election.server._auth import Tokens
+from trio_election.testing import make_certs
 
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     """A node in its own thread and Trio run, on a free port."""
+    yield from _serve_in_thread(NodeConfig(port=0, data_dir=None, start_grace=False))
+
+
+def _serve_in_thread(config: NodeConfig) -> Iterator[str]:
     ports: queue.Queue[int] = queue.Queue()
     stop: dict[str, trio.CancelScope | trio.lowlevel.TrioToken] = {}
 
@@ -28,9 +39,7 @@ def endpoint() -> Iterator[str]:
         with trio.CancelScope() as scope:
             stop["scope"], stop["token"] = scope, trio.lowlevel.current_trio_token()
             async with trio.open_nursery() as nursery:
-                ports.put(
-                    await nursery.start(serve, NodeConfig(port=0, data_dir=None, start_grace=False))
-                )
+                ports.put(await nursery.start(serve, config))
 
     thread = threading.Thread(target=trio.run, args=(run,), daemon=True)
     thread.start()
@@ -39,6 +48,41 @@ def endpoint() -> Iterator[str]:
     trio.from_thread.run_sync(stop["scope"].cancel, trio_token=stop["token"])
     thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """A node with TLS and a token file; its endpoint and the client flags it needs."""
+    certs = make_certs(tmp_path / "certs", ["node"])["node"]
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t" * 32 + " team-a/\n")
+    config = NodeConfig(
+        port=0,
+        data_dir=None,
+        start_grace=False,
+        tls=server_context(certs.cert, certs.key),
+        tokens=Tokens(tokens),
+    )
+    for endpoint in _serve_in_thread(config):
+        yield f"https://{endpoint}", ["--ca", str(certs.ca), "--token-file", str(token)]
+
+
+def test_client_commands_work_over_tls_with_a_token(secure, capsys) -> None:
+    endpoint, flags = secure
+    command = ["campaign", "team-a/x", "--node-id", "w1", "--endpoints", endpoint, *flags]
+    assert main([*command, "--", sys.executable, "-c", "pass"]) == 0
+    assert "elected: team-a/x" in capsys.readouterr().out
+    assert main(["leader", "team-a/x", "--endpoints", endpoint, *flags]) == 0
+    assert capsys.readouterr().out.strip() == "team-a/x: no leader"
+    # Outside the token's prefix, and without the token: one sentence each, exit 1.
+    assert main(["leader", "team-b/x", "--endpoints", endpoint, *flags]) == 1
+    assert "outside this token's prefix" in capsys.readouterr().err
+    assert main(["leader", "team-a/x", "--endpoints", endpoint, flags[0], flags[1]]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("trio-election: authorization: this node needs a token")
+    assert "Traceback" not in err
 
 
 def test_leader_says_no_leader_for_a_free_election(endpoint: str, capsys) -> None:
@@ -168,3 +212,50 @@ def test_node_flags_become_one_config() -> None:
 def test_max_ttl_over_a_day_is_refused() -> None:
     with pytest.raises(SystemExit, match="--max-ttl"):
         config_from(build_parser().parse_args(["node", "--max-ttl", "90000"]))
+
+
+def test_a_node_reloads_its_tokens_on_sighup(tmp_path: Path, capsys) -> None:
+    old, new = "o" * 32, "n" * 32
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{old}\n")
+    (tmp_path / "old").write_text(old)
+    (tmp_path / "new").write_text(new)
+    log = tmp_path / "node.log"
+    command = [sys.executable, "-m", "trio_election", "node", "--in-memory"]
+    command += ["--unsafe-no-start-grace", "--listen", "127.0.0.1:0"]
+    command += ["--auth-token-file", str(tokens)]
+    with open(log, "wb") as out:
+        node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = wait_for_line(log, r"serving on 127\.0\.0\.1:(\d+)", node).group(1)
+        endpoint = f"127.0.0.1:{port}"
+        for name, code in [("old", 0), ("new", 1)]:
+            assert (
+                main(["leader", "x", "--endpoints", endpoint, "--token-file", str(tmp_path / name)])
+                == code
+            )
+        tokens.write_text(f"{new}\n")
+        node.send_signal(signal.SIGHUP)
+        wait_for_line(log, r"reloaded 1 tokens", node)
+        for name, code in [("old", 1), ("new", 0)]:
+            assert (
+                main(["leader", "x", "--endpoints", endpoint, "--token-file", str(tmp_path / name)])
+                == code
+            )
+        assert old not in log.read_text() and new not in log.read_text()  # never logged
+    finally:
+        node.terminate()
+        assert node.wait(timeout=30) == 0
+    capsys.readouterr()
+
+
+def wait_for_line(path: Path, pattern: str, process: subprocess.Popen) -> re.Match[str]:
+    """Wait (at most 30 s) until ``path`` has a line matching ``pattern``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = re.search(pattern, path.read_text())
+        if match:
+            return match
+        assert process.poll() is None, path.read_text()
+        time.sleep(0.02)
+    raise AssertionError(f"no line matching {pattern!r} in {path}:\n{path.read_text()}")

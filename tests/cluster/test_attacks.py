@@ -19,10 +19,23 @@ from trio_election._bridge import Channel, GRPCError, Status
 from trio_election._generated.v1 import cluster_grpc, cluster_pb2 as pb, election_pb2 as epb
 from trio_election.core import Acquire, Expire
 from trio_election.core._codec import encode_command
-from trio_election.raft import Entry, Message, MessageType, encode_message
+from trio_election.raft import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    encode_conf_change,
+    encode_message,
+)
+from trio_election.server._raft_store import RaftStore
 from trio_election.testing import make_certs, write_secret
 
-from ._harness import Cluster, free_port, run_cli
+from ._harness import Cluster, NodeProcess, free_port, run_cli
+
+ADD = ConfChangeType.ADD_NODE
 
 ELECTION = "production"
 
@@ -324,3 +337,39 @@ async def test_a_cluster_member_without_peer_credentials_refuses_to_start(tmp_pa
     assert "needs peer authentication" in stderr and "--cluster-key-file" in stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "n1").exists()  # refused before touching the data dir
+
+
+async def test_committed_entries_that_do_not_decode_are_no_ops_not_a_crash(
+    cluster: Cluster, tmp_path: Path
+):
+    """Should bytes that are no command ever be committed, every replica
+    applies them as the same no-op and logs it: the node starts and serves,
+    where before it exited on every restart."""
+    data_dir = tmp_path / "n1"
+    peer = f"127.0.0.1:{free_port()}"
+    store = RaftStore(data_dir)
+    entries = [
+        Entry(
+            1, 1, EntryType.CONF_CHANGE, encode_conf_change(ConfChange(ADD, "n1", peer.encode()))
+        ),
+        Entry(1, 2, data=b"not a command"),
+        Entry(1, 3, data=b'["a","",7,"w1",5000,"",false,""]'),  # an election that is a number
+        Entry(1, 4, EntryType.CONF_CHANGE, b"\xff\x00"),
+        Entry(1, 5, data=encode_command(Acquire(ELECTION, "w1", 30_000), "")),
+    ]
+    store.write(HardState(term=1, vote="n1", commit=5), entries, None)
+    store.set_meta("node_id", "n1")
+    store.close()
+    node = cluster.nodes["n1"] = NodeProcess(
+        "n1", f"127.0.0.1:{free_port()}", peer, data_dir, tmp_path / "n1.log"
+    )
+    await cluster.spawn("n1")
+    await cluster.wait_stable(["n1"])
+    seen = await views(cluster)
+    assert seen["n1"][0][0] == "w1"  # entry 5 applied after the three bad ones
+    assert node.running
+    log = node.log_path.read_text()
+    assert "entry 2 applied as a no-op" in log
+    assert "entry 3 applied as a no-op" in log
+    assert "entry 4: not a membership change, applied as a no-op" in log
+    assert "Traceback" not in log
