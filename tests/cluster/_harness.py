@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+from grpclib.health.v1 import health_grpc, health_pb2
 
 from trio_election._bridge import Channel, GRPCError
 from trio_election._generated.v1 import cluster_grpc, cluster_pb2 as pb, election_grpc
@@ -210,6 +211,30 @@ class Cluster:
             return None
         finally:
             channel.close()
+
+    async def health(self, node_id: str) -> str | None:
+        """The overall health status name of ``node_id``, or None if it does not answer."""
+        host, _, port = self.nodes[node_id].address.rpartition(":")
+        channel = Channel(host, int(port), health_grpc.HealthStub)
+        try:
+            reply = await channel.unary(
+                channel.stub.Check, health_pb2.HealthCheckRequest(), POLL_TIMEOUT
+            )
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except (GRPCError, TimeoutError, *CONNECTION_ERRORS):
+            return None
+        finally:
+            channel.close()
+
+    async def wait_health(self, node_id: str, status: str, timeout: float = 15.0) -> None:
+        """Wait until ``node_id``'s health is ``status``."""
+        seen = None
+        try:
+            with trio.fail_after(timeout):
+                while (seen := await self.health(node_id)) != status:
+                    await trio.sleep(POLL_INTERVAL)
+        except trio.TooSlowError:
+            raise AssertionError(f"{node_id} health stayed {seen}, not {status}") from None
 
     async def wait_stable(
         self, ids: Iterable[str] | None = None, timeout: float = STABLE_TIMEOUT

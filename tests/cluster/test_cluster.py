@@ -1,12 +1,12 @@
 """A three-node cluster of real processes on loopback: failover, restarts,
-membership, durability, no quorum (DESIGN.md, promises 1, 2, 3 and 6).
+membership, durability, no quorum (docs/design.md, promises 1, 2, 3 and 6).
 
 Each test starts its own nodes (``python -m trio_election node``) through the
 ``cluster`` fixture, which kills them all at teardown and attaches their logs
 to a failing test's report. Times here are real: waits poll with short sleeps
 under ``trio.fail_after``, and every bound is generous (a loaded machine must
 not fail them); the failover time is printed, not asserted tightly (the
-benchmark measures it, DESIGN.md "Performance targets").
+benchmark measures it, docs/design.md "Performance targets").
 """
 
 from __future__ import annotations
@@ -438,3 +438,20 @@ async def test_a_node_that_fell_behind_a_compacted_log_catches_up_by_snapshot(
         for i in (0, 77, 119):
             held = await eventually(lambda i=i: restarted.get_leader(f"e{i}"))
             assert held is not None and held.node_id == f"w{i}"
+
+
+async def test_health_is_not_serving_without_quorum_and_serving_again_with_it(
+    cluster: Cluster,
+):
+    await cluster.start(3)
+    survivor, *others = list(cluster.nodes)
+    assert await cluster.health(survivor) == "SERVING"
+    for node_id in others:
+        await cluster.kill(node_id)
+    # Within an election timeout or two the survivor knows it has no leader.
+    await cluster.wait_health(survivor, "NOT_SERVING")
+    result = await run_cli("status", "--endpoints", cluster.nodes[survivor].address)
+    assert result.returncode == 1
+    assert "no quorum" in result.stderr.decode()
+    await cluster.restart(others[0])
+    await cluster.wait_health(survivor, "SERVING")

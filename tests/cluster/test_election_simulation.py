@@ -1,4 +1,4 @@
-"""The safety promises of DESIGN.md, checked on the election machine replicated by Raft.
+"""The safety promises of docs/design.md, checked on the election machine replicated by Raft.
 
 Each test runs one seed of one fault profile of
 :class:`~trio_election.testing.ElectionSimulation` (see ``_election_sim.py``):

@@ -24,7 +24,7 @@ decided by one node (the single node, or the Raft leader) through ``due(now)``,
 which returns :class:`Expire` commands naming the token and renewal count it
 saw; a renewal applied before the Expire makes it a no-op. A new Raft leader
 calls ``refresh_all(now)`` first, so every lease gets its full TTL from the
-moment that node took over (DESIGN.md, promise 3).
+moment that node took over (docs/design.md, promise 3).
 
 Fencing tokens: every grant takes ``max(last_token + 1, index)``, where
 ``index`` is the Raft index of the granting entry in a cluster (0 for a single
@@ -90,7 +90,7 @@ class ElectionMachine:
     Args:
         last_token: The fencing-token high-water mark to continue from.
         grace_until: Grant nothing before this time (the start-up grace of an
-            in-memory node, DESIGN.md promise 5); ``-inf`` for none.
+            in-memory node, docs/design.md promise 5); ``-inf`` for none.
     """
 
     def __init__(self, *, last_token: int = 0, grace_until: float = -math.inf) -> None:
@@ -130,6 +130,11 @@ class ElectionMachine:
     def in_grace(self, now: float) -> bool:
         """Whether the start-up grace still forbids grants at ``now``."""
         return now < self._grace_until
+
+    @property
+    def grace_until(self) -> float:
+        """When the start-up grace ends (``-inf``: there is none, or it is over)."""
+        return self._grace_until
 
     # -- commands -----------------------------------------------------------
 
@@ -264,7 +269,7 @@ class ElectionMachine:
     def restore(self, holders: Iterable[tuple], now: float) -> None:
         """Load ``(election, node_id, token, ttl_ms, value[, owner])`` rows from disk.
 
-        Each lease counts as freshly renewed at ``now`` (DESIGN.md, promise 5).
+        Each lease counts as freshly renewed at ``now`` (docs/design.md, promise 5).
         """
         for election, node_id, token, ttl_ms, value, *owner in holders:
             self._leases[election] = _Lease(

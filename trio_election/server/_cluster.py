@@ -11,7 +11,7 @@ to its own :class:`~trio_election.core.ElectionMachine`, so all machines agree.
   Expire for each, naming the token and renewal count it saw: a renewal that
   commits first wins. Only the leader expires, and a node that becomes leader
   first gives every lease its full TTL again (``refresh_all``), since it
-  cannot know when the old leader last renewed them (DESIGN.md, promise 3).
+  cannot know when the old leader last renewed them (docs/design.md, promise 3).
 * The ready loop handles each Ready in the order the core requires: persist
   (hard state, entries, snapshot: one SQLite transaction, in a worker
   thread) BEFORE sending the messages that depend on them; then apply the
@@ -27,6 +27,7 @@ to its own :class:`~trio_election.core.ElectionMachine`, so all machines agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -67,6 +68,12 @@ from ._raft_store import RaftStore
 log = logging.getLogger("trio_election.cluster")
 
 
+def cluster_id_of(initial_cluster: dict[str, str]) -> str:
+    """The id of a cluster bootstrapped with these members (the same on each)."""
+    text = ",".join(f"{member}={address}" for member, address in sorted(initial_cluster.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class ClusterNode(HubClient):
     """One member of a Raft cluster; same interface as the single ``Node``."""
 
@@ -103,6 +110,7 @@ class ClusterNode(HubClient):
         self.raw: RawNode | None = None
         self.peers: Peers | None = None
         self.advertise = ""
+        self.cluster_id = ""
         self.peer_listen: tuple[str, int] = (config.peer_host, config.peer_port or 0)
         assert config.peer_auth is not None
         self.peer_auth = config.peer_auth
@@ -137,6 +145,7 @@ class ClusterNode(HubClient):
             if self.id not in config.initial_cluster:
                 raise SystemExit(f"--initial-cluster does not name this node ({self.id})")
             self.members = dict(config.initial_cluster)
+            store.set_meta("cluster_id", cluster_id_of(config.initial_cluster))
             self.raw.bootstrap(
                 list(config.initial_cluster),
                 {peer: address.encode() for peer, address in config.initial_cluster.items()},
@@ -146,6 +155,7 @@ class ClusterNode(HubClient):
                 f"{config.data_dir} holds no cluster state: give --initial-cluster or --join"
             )
         store.set_meta("node_id", self.id)
+        self.cluster_id = store.meta("cluster_id") or ""
         if config.peer_port is None:
             remembered = store.meta("peer_listen")
             if remembered is None:
@@ -197,14 +207,24 @@ class ClusterNode(HubClient):
 
     def begin_close(self) -> None:
         self.closing = True
+        self.report_serving(False)
         self.hub.close()
         for waiter in [*self._pending.values(), *self._reads.values()]:
             waiter.fail(Unavailable("the node is shutting down"))
 
     async def _join(self) -> None:
-        members = await add_member(self.config.join, self.id, self.advertise, self.peer_auth)
-        log.info("joined through %s: members %s", self.config.join, ", ".join(sorted(members)))
+        members, cluster_id = await add_member(
+            self.config.join, self.id, self.advertise, self.peer_auth
+        )
+        log.info(
+            "joined cluster %s through %s: members %s",
+            cluster_id,
+            self.config.join,
+            ", ".join(sorted(members)),
+        )
         self.members = members
+        self.cluster_id = cluster_id
+        self._store.set_meta("cluster_id", cluster_id)
         self.peers.update(self.members)
 
     # -- the client interface ------------------------------------------------
@@ -452,6 +472,10 @@ class ClusterNode(HubClient):
         if leader != self.leader:
             log.info("Raft leader is now %s", leader or "unknown")
         self.leader, self.role = leader, role
+        # Writes need a Raft leader; with CheckQuorum a leader that lost its
+        # quorum steps down, and with PreVote a follower that lost its
+        # leader forgets it, so a known leader means a quorum was there lately.
+        self.report_serving(leader is not None and not self.closing)
         if role is Role.LEADER and not was_leader:
             # We cannot know when the old leader last renewed each lease.
             self.machine.refresh_all(self.clock())

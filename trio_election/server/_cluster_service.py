@@ -69,6 +69,7 @@ class ClusterService(cluster_grpc.ClusterBase):
                 members=self._members(status if leading else None),
                 from_leader=leading,
                 peer_bytes_sent=node.peers.bytes_sent if node.peers else 0,
+                cluster_id=node.cluster_id,
             )
         )
 
@@ -116,7 +117,11 @@ class ClusterService(cluster_grpc.ClusterBase):
 
     async def _send_members(self, stream: Any) -> None:
         await stream.send_message(
-            pb.MemberListResponse(members=self._members(), leader=self.node.leader or "")
+            pb.MemberListResponse(
+                members=self._members(),
+                leader=self.node.leader or "",
+                cluster_id=self.node.cluster_id,
+            )
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from itertools import count
 
 from .._bridge import MessageQueue, Waiter
@@ -128,9 +129,16 @@ class HubClient:
 
     hub: Hub
     machine: ElectionMachine
+    #: Told whether the node can serve writes now (the health service's
+    #: status); ``serve`` sets it.
+    on_serving: Callable[[bool], None] | None = None
 
     def submit(self, command: Command) -> None:
         raise NotImplementedError
+
+    def report_serving(self, serving: bool) -> None:
+        if self.on_serving is not None:
+            self.on_serving(serving)
 
     def new_campaign(self) -> tuple[str, Waiter]:
         """A fresh waiter id and the Waiter its grant will be reported to."""

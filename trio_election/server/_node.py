@@ -90,6 +90,7 @@ class Node(HubClient):
                 nursery.start_soon(self._expire_loop)
                 if self._store is not None:
                     nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self._serving_after_grace)
                 task_status.started()
         finally:
             if self._store is not None:
@@ -101,7 +102,16 @@ class Node(HubClient):
     def begin_close(self) -> None:
         """End every waiting Campaign and Watch: the node is shutting down."""
         self.closing = True
+        self.report_serving(False)
         self.hub.close()
+
+    async def _serving_after_grace(self) -> None:
+        # Health says SERVING only once grants are possible.
+        self.report_serving(False)
+        while self.machine.in_grace(self.clock()):
+            await trio.sleep_until(self.machine.grace_until)
+        if not self.closing:
+            self.report_serving(True)
 
     # -- commands -----------------------------------------------------------
 

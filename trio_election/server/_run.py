@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import trio
+from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 
@@ -14,6 +15,7 @@ from ._auth import Guard
 from ._cluster import ClusterNode
 from ._cluster_service import ClusterService, RaftTransportService
 from ._config import NodeConfig
+from ._datadir import DataDirError, DataDirLock, check_kind
 from ._node import Node
 from ._security import NO_PEER_AUTH, SecurityConfigError
 from ._service import LeaderElectionService
@@ -34,15 +36,49 @@ async def serve(
     Raft log), the node is a member of a Raft cluster, with a second listener
     for its peers; otherwise a single node.
 
+    Health (``grpc.health.v1``, for the whole node and for the election
+    service) says SERVING only while the node can serve writes: a single node
+    past its start-up grace, a cluster member that knows a Raft leader.
+
     Raises:
         SecurityConfigError: a cluster member without peer authentication.
+        DataDirError: the data dir is in use, or holds another kind of node.
     """
+    if config.clustered and config.peer_auth is None:
+        raise SecurityConfigError(NO_PEER_AUTH)
+    lock = _open_data_dir(config)
+    try:
+        await _serve(config, task_status)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open_data_dir(config: NodeConfig) -> DataDirLock | None:
+    """Lock the data dir (before anything in it is read) and check its kind."""
+    if config.data_dir is None:
+        return None
+    if config.node_id is not None and not config.clustered:
+        raise DataDirError(
+            f"--id {config.node_id}: {config.data_dir} holds no cluster state; give "
+            "--initial-cluster or --join to make a member, or drop --id for a single node"
+        )
+    lock = DataDirLock(config.data_dir)
+    try:
+        check_kind(config.data_dir, config.node_id)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     node: Node | ClusterNode
     guard = Guard(config.tokens)
     peer_server: GrpcServer | None = None
+    serving = ServiceStatus()
+    serving.set(False)
     if config.clustered:
-        if config.peer_auth is None:
-            raise SecurityConfigError(NO_PEER_AUTH)
         node = ClusterNode(config)
         transport = RaftTransportService(node)
         client_services: list[Any] = [ClusterService(node)]
@@ -54,8 +90,10 @@ async def serve(
     else:
         node = Node(config)
         client_services = []
+    node.on_serving = serving.set
     service = LeaderElectionService(node, guard)
-    handlers = ServerReflection.extend([service, *client_services, Health()])
+    health = Health({service: [serving]})
+    handlers = ServerReflection.extend([service, *client_services, health])
     async with asyncio_loop(), trio.open_nursery() as nursery:
         if isinstance(node, ClusterNode):
             await node.open()
