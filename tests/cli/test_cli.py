@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from trio_election._tls import server_context
-from trio_election.cli import main
+from trio_election.cli import _settings, main
 from trio_election.cli._main import build_parser
 from trio_election.cli._node import config_from
 from trio_election.server import NodeConfig, serve
@@ -174,15 +174,75 @@ def test_bad_input_is_reported_with_the_field(endpoint: str, capsys) -> None:
             "--node-id",
             "w1",
             "--ttl",
-            "0.001",
+            "120",
             "--endpoints",
             endpoint,
             "--",
             "true",
         ]
     )
-    assert status == 1
-    assert "ttl_ms: 1 ms is outside 100 ms" in capsys.readouterr().err
+    assert status == 1  # within what the CLI accepts, past the node's --max-ttl
+    assert "ttl_ms: 120000 ms is outside 100 ms .. 60000 ms" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "words"),
+    [
+        (["campaign", "x", "--node-id", "a", "--ttl", "-5", "--", "true"], 2, "--ttl: must be"),
+        (["campaign", "x", "--node-id", "a", "--", "no-such-cmd-here"], 1, "no such command"),
+        (["campaign", "x", "--node-id", "a"], 2, "give the command to run after --"),
+        (["leader", "x", "--endpoints", "localhost"], 1, "'localhost' is not HOST:PORT"),
+        (["leader", "x", "--endpoints", "h:99999"], 1, "'h:99999' is not HOST:PORT"),
+        (["leader", "x", "--timeout", "soon"], 2, "'soon' is not a number of seconds"),
+        (["release", "x", "--node-id", "a", "--token", "-1"], 2, "--token: must be from 0"),
+        (["node", "--listen", "localhost:99999"], 2, "a port from 0 to 65535"),
+        (["node", "--in-memory", "--data-dir", "x"], 2, "drop --data-dir, or --in-memory"),
+        (["node", "--max-ttl", "0"], 2, "--max-ttl: must be from 0.1"),
+        (["node", "--tls-cert", "c.pem"], 2, "--tls-cert and --tls-key go together"),
+        (["node", "--peer-listen", "127.0.0.1:1"], 2, "peer flags are for cluster members"),
+        (["node", "--id", "n1", "--initial-cluster", "n1=h:1"], 1, "needs peer authentication"),
+        (["node", "--tls-cert", "no.pem", "--tls-key", "no.key"], 1, "no such file"),
+        (["leader", "x", "--token-file", "/no/such/file"], 1, "token file /no/such/file"),
+        (["watch", "x", "--ca", "/no/such/ca.pem"], 1, "no such file: /no/such/ca.pem"),
+        (["--config", "/no/such.toml", "leader", "x"], 2, "cannot read /no/such.toml"),
+        (["no-such-command"], 2, "invalid choice"),
+    ],
+)
+def test_bad_arguments_end_in_one_sentence_and_the_documented_status(
+    argv, status, words, capsys
+) -> None:
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(("trio-election", "usage:")), err
+
+
+def test_settings_come_from_the_command_line_then_environment_then_file(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        'max-ttl = 30\ntick = 0.1\nendpoints = ["h1:1", "h2:2"]\n'
+        "[node]\nmax-ttl = 40\nin-memory = true\n"
+    )
+    monkeypatch.setenv("TRIO_ELECTION_TICK", "0.2")
+    monkeypatch.setenv("TRIO_ELECTION_CONFIG", str(config))
+    parser = build_parser()
+    path, argv = _settings.take_config(["node", "--listen", "127.0.0.1:0"])
+    _settings.apply(parser, _settings.load_file(path), str(path))
+    node = config_from(parser.parse_args(argv))
+    assert node.max_ttl_ms == 40_000  # the [node] table over the top level
+    assert node.tick_s == 0.2  # the environment over the file
+    assert node.data_dir is None  # in-memory = true from the file
+    parser = build_parser()
+    _settings.apply(parser, _settings.load_file(path), str(path))
+    assert parser.parse_args(["leader", "x"]).endpoints == "h1:1,h2:2"
+    args = parser.parse_args(["leader", "x", "--endpoints", "h3:3"])
+    assert args.endpoints == "h3:3"  # the command line over everything
+    config.write_text("max-tll = 30\n")
+    assert main(["leader", "x"]) == 2
+    assert "unknown settings: max-tll" in capsys.readouterr().err
 
 
 def test_unreachable_endpoint_is_a_clear_error(capsys) -> None:
@@ -209,9 +269,9 @@ def test_node_flags_become_one_config() -> None:
     assert default.data_dir == Path("default.trio-election") and default.start_grace
 
 
-def test_max_ttl_over_a_day_is_refused() -> None:
-    with pytest.raises(SystemExit, match="--max-ttl"):
-        config_from(build_parser().parse_args(["node", "--max-ttl", "90000"]))
+def test_max_ttl_over_a_day_is_refused(capsys) -> None:
+    assert main(["node", "--max-ttl", "90000"]) == 2
+    assert "--max-ttl: must be from 0.1 to 86400 seconds" in capsys.readouterr().err
 
 
 def test_a_node_reloads_its_tokens_on_sighup(tmp_path: Path, capsys) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from grpclib.health.v1 import health_grpc, health_pb2
 
-from .._bridge import Channel, GRPCError, asyncio_loop
+from .._bridge import Channel, GRPCError, Status, asyncio_loop
 from .._errors import ElectionError, Unavailable
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
-from ..client._transport import CONNECTION_ERRORS, from_status, parse_endpoint
+from ..client._transport import CONNECTION_ERRORS, explain, from_status, parse_endpoint
 from ._common import add_client_options, credentials, emit, endpoint_list, fail
 
 
@@ -58,7 +59,7 @@ def _runner(command: Any) -> Any:
 
 async def _call_any(command: Any, args: argparse.Namespace) -> int:
     """Run ``command`` against the first endpoint that answers."""
-    last: Exception | None = None
+    failures: list[str] = []
     creds = credentials(args)
     async with asyncio_loop():
         for endpoint in endpoint_list(args):
@@ -69,14 +70,38 @@ async def _call_any(command: Any, args: argparse.Namespace) -> int:
             try:
                 return await command(channel, args)
             except GRPCError as exc:
-                if exc.status.name != "UNAVAILABLE":
+                if exc.status is Status.UNIMPLEMENTED and command is _status:
+                    return await _single_status(endpoint, creds, args)
+                if exc.status is not Status.UNAVAILABLE:
                     return fail(str(from_status(exc)))
-                last = exc
-            except CONNECTION_ERRORS as exc:
-                last = exc
+                failures.append(f"{endpoint}: {explain(exc)}")
+            except BrokenPipeError:
+                raise  # our own output, not the endpoint
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:
+                failures.append(f"{endpoint}: {explain(exc) if str(exc) else 'no answer in time'}")
             finally:
                 channel.close()
-    raise Unavailable(f"no endpoint answered: {last}")
+    raise Unavailable(f"no endpoint answered ({'; '.join(failures) or 'no endpoints given'})")
+
+
+async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) -> int:
+    """``status`` of a single node, which has no cluster: its health."""
+    host, port = parse_endpoint(endpoint)
+    channel = Channel(host, port, health_grpc.HealthStub, ssl=creds.ssl, metadata=creds.metadata)
+    try:
+        reply = await channel.unary(
+            channel.stub.Check, health_pb2.HealthCheckRequest(), args.timeout
+        )
+    finally:
+        channel.close()
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    emit(
+        args,
+        f"{endpoint}: a single node (not a cluster member), {state}",
+        {"endpoint": endpoint, "cluster": False, "health": state},
+    )
+    return 0 if serving else 1
 
 
 def _members_table(members: Any, leader: str) -> list[str]:
@@ -101,15 +126,16 @@ def _members_table(members: Any, leader: str) -> list[str]:
     ]
 
 
-def _member_dicts(members: Any) -> list[dict[str, Any]]:
+def _member_dicts(members: Any, from_leader: bool = True) -> list[dict[str, Any]]:
+    """Members as JSON; lag and health are null where only the leader knows them."""
     return [
         {
             "id": m.id,
             "address": m.address,
             "is_leader": m.is_leader,
-            "match_index": m.match_index,
-            "lag": m.lag,
-            "healthy": m.healthy,
+            "match_index": m.match_index if from_leader else None,
+            "lag": m.lag if from_leader else None,
+            "healthy": m.healthy if from_leader else None,
         }
         for m in members
     ]
@@ -124,6 +150,7 @@ async def _status(channel: Channel, args: argparse.Namespace) -> int:
     ]
     if not reply.from_leader:
         lines.append("(lag and health are known only to the leader: ask it for them)")
+    quorum = bool(reply.leader)
     emit(
         args,
         "\n".join(lines),
@@ -135,9 +162,16 @@ async def _status(channel: Channel, args: argparse.Namespace) -> int:
             "commit_index": reply.commit_index,
             "applied_index": reply.applied_index,
             "from_leader": reply.from_leader,
-            "members": _member_dicts(reply.members),
+            "quorum": quorum,
+            "cluster_id": reply.cluster_id,
+            "members": _member_dicts(reply.members, reply.from_leader),
         },
     )
+    if not quorum:
+        return fail(
+            f"no quorum: node {reply.id} knows no Raft leader (term {reply.term}); writes "
+            "are refused until a majority of the members is up and reachable"
+        )
     return 0
 
 

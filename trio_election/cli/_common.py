@@ -5,11 +5,48 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..client import Leader
 from ..client._credentials import Credentials
+
+
+class UsageError(Exception):
+    """Raised for a command line that cannot mean anything: exit status 2."""
+
+
+def seconds(flag: str, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds within ``low .. high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g} seconds")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def whole(flag: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number within ``low .. high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
@@ -38,7 +75,7 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON, one object a line")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds("--timeout", 0.01, 3600),
         default=5.0,
         metavar="SECONDS",
         help="deadline of each call (default %(default)g)",

@@ -17,7 +17,10 @@ from ..server import NodeConfig, serve
 from ..server._auth import Tokens
 from ..server._raft_store import CorruptLog
 from ..server._security import PeerAuth
-from ._common import parse_listen
+from ._common import UsageError, parse_listen, seconds, whole
+
+#: The data dir when none is given.
+DATA_DIR = Path("default.trio-election")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -35,8 +38,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=Path("default.trio-election"),
-        help="where holders and the fencing-token high-water mark are kept (default %(default)s)",
+        help=f"where holders and the fencing-token high-water mark are kept (default {DATA_DIR})",
     )
     parser.add_argument(
         "--in-memory",
@@ -45,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--max-ttl",
-        type=float,
+        type=seconds("--max-ttl", MIN_TTL_MS / 1000, MAX_MAX_TTL_MS / 1000),
         default=DEFAULT_MAX_TTL_MS / 1000,
         metavar="SECONDS",
         help="longest TTL a client may ask for, and the start-up grace of an in-memory "
@@ -83,7 +85,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     cluster.add_argument(
         "--request-timeout",
-        type=float,
+        type=seconds("--request-timeout", 0.1, 3600),
         default=5.0,
         metavar="SECONDS",
         help="how long a command may wait for a leader and its commit before the client is "
@@ -91,14 +93,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     cluster.add_argument(
         "--snapshot-entries",
-        type=int,
+        type=whole("--snapshot-entries", 10, 10**9),
         default=10_000,
         metavar="N",
         help="snapshot the state and compact the log every N applied entries (default %(default)s)",
     )
     cluster.add_argument(
         "--tick",
-        type=float,
+        type=seconds("--tick", 0.001, 10),
         default=0.05,
         metavar="SECONDS",
         help="Raft tick: heartbeats every tick, elections after 10-20 ticks (default %(default)g)",
@@ -158,7 +160,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     ]:
         limits.add_argument(
             flag,
-            type=_positive_int(flag),
+            type=whole(flag, 1, 10**9),
             default=getattr(defaults, field),
             metavar="N",
             help=f"{what}, at most (default %(default)s)",
@@ -167,20 +169,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(run=run)
-
-
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-        return value
-
-    parse.__name__ = flag
-    return parse
 
 
 def config_from(args: argparse.Namespace) -> NodeConfig:
@@ -196,6 +184,8 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         raise SystemExit("give --initial-cluster or --join, not both")
     if args.id and args.in_memory:
         raise SystemExit("a cluster member needs a data dir (it votes): drop --in-memory")
+    if args.in_memory and args.data_dir is not None:
+        raise SystemExit("--in-memory keeps nothing on disk: drop --data-dir, or --in-memory")
     advertise = args.advertise
     if advertise is None and initial is not None and args.id in initial:
         advertise = initial[args.id]
@@ -226,7 +216,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(
         host=host,
         port=port,
-        data_dir=None if args.in_memory else args.data_dir,
+        data_dir=None if args.in_memory else (args.data_dir or DATA_DIR),
         max_ttl_ms=max_ttl_ms,
         start_grace=not args.unsafe_no_start_grace,
         node_id=args.id,
@@ -267,20 +257,16 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         config = config_from(args)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            raise UsageError(exc.code) from None  # contradictory or malformed flags
+        raise
+    try:
         with unwrap_single_exception():
             trio.run(_main, config)
-    except ElectionError as exc:
-        logging.getLogger("trio_election.server").error("%s", exc)
-        return 1
-    except (SystemExit, CorruptLog, OSError) as exc:
-        # A refusal to start (damaged log, wrong data dir, port in use) is a
-        # sentence for the operator, not a traceback.
-        if isinstance(exc, SystemExit) and not isinstance(exc.code, str):
-            raise
-        logging.getLogger("trio_election.server").error(
-            "%s", exc.code if isinstance(exc, SystemExit) else exc
-        )
-        return 1
+    except CorruptLog as exc:
+        # A refusal to start is a sentence for the operator (main prints it).
+        raise ElectionError(str(exc)) from None
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -20,6 +20,9 @@ from ._transport import Transport, backoff
 from ._types import Attempt, EventKind, Leader, LeaderEvent, leader_or_none
 
 log = logging.getLogger("trio_election.client")
+
+#: Told why a call that waits (campaign, watch) is being made again.
+OnRetry = Callable[[ElectionError], None]
 
 
 def _ms(seconds: float) -> int:
@@ -82,10 +85,20 @@ class Client:
         )
         return leader_or_none(reply, reply.has_leader)
 
-    async def campaign(self, election: str, node_id: str, ttl: float, value: bytes = b"") -> Leader:
+    async def campaign(
+        self,
+        election: str,
+        node_id: str,
+        ttl: float,
+        value: bytes = b"",
+        *,
+        on_retry: OnRetry | None = None,
+    ) -> Leader:
         """Wait until elected (FIFO among candidates); cancel to leave the queue.
 
-        Use a Trio cancel scope (``trio.fail_after``) to bound the wait.
+        Use a Trio cancel scope (``trio.fail_after``) to bound the wait. No
+        endpoint answering is no reason to stop waiting: the call is made
+        again, and ``on_retry`` (if given) is told why each time.
         """
         request = pb.CampaignRequest(
             election=election, node_id=node_id, ttl_ms=_ms(ttl), value=value
@@ -95,18 +108,23 @@ class Client:
                 reply = await self._transport.call("Campaign", request, timeout=None)
             except Unavailable as exc:
                 log.info("campaign for %r: %s; trying again", election, exc)
+                if on_retry is not None:
+                    on_retry(exc)
                 await backoff(3)
                 continue
             return Leader.from_pb(reply.leader)
 
-    async def watch(self, election: str, start_revision: int = 0) -> AsyncIterator[LeaderEvent]:
+    async def watch(
+        self, election: str, start_revision: int = 0, *, on_retry: OnRetry | None = None
+    ) -> AsyncIterator[LeaderEvent]:
         """The current state of ``election``, then every change, as they happen.
 
         With ``start_revision``, every change from that revision on instead.
         If the stream breaks, it is opened again (on the next endpoint) from
         the revision after the last one seen, so no change is missed; if that
         node no longer has the history, the watch starts again from the
-        current state (a NO_LEADER or ELECTED event).
+        current state (a NO_LEADER or ELECTED event). ``on_retry`` (if given)
+        is told of each failure before the watch is opened again.
         """
         failures = 0
         resume = start_revision
@@ -130,6 +148,8 @@ class Client:
             except ElectionError as exc:  # broken, dropped as too slow, or node gone
                 failures += 1
                 log.info("watch %r: %s; watching again", election, exc)
+                if on_retry is not None:
+                    on_retry(exc)
                 await backoff(failures)
 
     # -- leadership ---------------------------------------------------------
@@ -143,6 +163,7 @@ class Client:
         ttl: float,
         value: bytes = b"",
         margin: float | None = None,
+        on_retry: OnRetry | None = None,
     ) -> AsyncIterator[Leadership]:
         """Campaign until elected, then run the body while leadership is certain.
 
@@ -156,7 +177,7 @@ class Client:
             LeadershipLost: the body was cancelled because leadership ended.
         """
         while True:
-            leader = await self.campaign(election, node_id, ttl, value)
+            leader = await self.campaign(election, node_id, ttl, value, on_retry=on_retry)
             if not await self._stale(leader):
                 break
         async with self._hold(leader, ttl, margin, sent=None) as lead:

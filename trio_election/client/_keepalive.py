@@ -1,7 +1,7 @@
 """One KeepAlive stream shared by every leadership a client holds.
 
 Heartbeats over an open stream cost the server a few microseconds each, a
-unary call well over a hundred (DESIGN.md, pitfalls), so the library renews
+unary call well over a hundred (docs/design.md, pitfalls), so the library renews
 through this stream. Requests are answered in order, so replies are matched
 to waiting callers first-in, first-out. If the stream breaks, every waiting
 caller gets :class:`Unavailable` and the stream is opened again (on the next

@@ -1,6 +1,6 @@
 """Holding an election safely: the body runs only while leadership is certain.
 
-Theory of operation (DESIGN.md, promise 4). The server expires a lease no
+Theory of operation (docs/design.md, promise 4). The server expires a lease no
 earlier than ``ttl`` after it *received* the last successful heartbeat. The
 client cannot know when that was, but it knows when it *sent* it, which was
 earlier; so it considers leadership lost at

@@ -53,6 +53,17 @@ class BadEndpoint(InvalidArgument, ValueError):
     """Raised for an endpoint that is not ``HOST:PORT``."""
 
 
+def explain(exc: BaseException) -> str:
+    """A failure as words for a person (not a tuple of a status and a message)."""
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name}: {exc.message}" if exc.message else exc.status.name
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
 def from_status(exc: GRPCError) -> ElectionError:
     """The domain error for a status a server sent."""
     message = exc.message or exc.status.name
@@ -149,7 +160,9 @@ class Transport:
                 self.fail_over(channel, broken=True)
                 continue
             self.fail_over(channel)
-        raise Unavailable(f"no endpoint answered {name}: {last}") from None
+        raise Unavailable(
+            f"no endpoint answered {name} ({explain(last) if last else 'no endpoints'})"
+        ) from None
 
     @contextlib.asynccontextmanager
     async def stream(self, name: str, timeout: float | None = None) -> AsyncIterator[Any]:
@@ -168,7 +181,7 @@ class Transport:
             # grpclib reports a dead connection in several ways, some of them
             # only on the next stream opened on it.
             self.fail_over(channel, broken=True)
-            raise Unavailable(f"{name} stream broke: {exc!r}") from None
+            raise Unavailable(f"{name} stream broke: {explain(exc)}") from None
 
     def close(self) -> None:
         for channel in self._channels.values():
