@@ -52,7 +52,7 @@ CLUSTER_KIND_TITLES = {
 }
 TARGET_TITLES = {"all": "all 3 (round-robin)", "leader": "leader only"}
 
-#: Reference figures (DESIGN.md and the original Go service's README).
+#: Reference figures (docs/design.md and the original Go service's README).
 GO_CLUSTER_OPS = 1_000  # "~1,000 ops/s distributed"
 GO_BYTES_PER_SYNC = 1_000  # "~1 KB per sync"
 TARGET_CLUSTER_OPS = 5_000
@@ -802,7 +802,7 @@ def render(cluster: dict[str, Any], config: dict[str, Any]) -> str:
     )
     parts.append(
         "Go: the original service's '~1,000 ops/s distributed' and '~1 KB per sync'; etcd: "
-        "DESIGN.md's ~3,000 acquires/s on three nodes (c=64). All three nodes, the load "
+        "docs/design.md's ~3,000 acquires/s on three nodes (c=64). All three nodes, the load "
         f"generator and anything else running share this machine's {config['cpus']} CPUs, so "
         "measured throughput is a floor; 'per leader core' is what the leader's own CPU use "
         "implies."

@@ -28,7 +28,7 @@ generator's own CPU use so a reader can tell who was the bottleneck.
 The workers use grpclib directly in a plain asyncio loop, not the project's
 Trio client (``trio_election._bridge.Channel`` inside ``asyncio_loop()``):
 every call through the bridge hops from Trio into asyncio and back, which
-costs tens of microseconds of client CPU per call (DESIGN.md, pitfalls) and
+costs tens of microseconds of client CPU per call (docs/design.md, pitfalls) and
 would make the load generator, not the server, what is measured. The stubs
 and messages are the project's generated ones.
 
@@ -83,7 +83,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 
-#: Reference figures (DESIGN.md): the original Go service, the targets, etcd 3.4.
+#: Reference figures (docs/design.md): the original Go service, the targets, etcd 3.4.
 GO_OPS_PER_CORE = 10_000
 GO_MB_PER_10K = 1.0
 TARGET_OPS = 10_000
@@ -1112,7 +1112,7 @@ def render(results: dict[str, Any]) -> str:
     )
     parts.append(
         "Go: ~10,000 ops/s per core (so ~100 us/op) and ~1 MB per 10,000 elections; etcd: "
-        "DESIGN.md's measurements on this kind of machine. 'measured' throughput is capped by "
+        "docs/design.md's measurements on this kind of machine. 'measured' throughput is capped by "
         "the Python load generator sharing the 2 CPUs; 'per server core' is what the node's "
         "own CPU use implies."
     )

@@ -1,4 +1,4 @@
-"""Limits on client input, checked once at the edge (DESIGN.md, "Bad input")."""
+"""Limits on client input, checked once at the edge (docs/design.md, "Bad input")."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ class NodeConfig:
         max_ttl_ms: The longest TTL a client may ask for, and the start-up
             grace of an in-memory node.
         start_grace: Whether an in-memory node waits ``max_ttl_ms`` before its
-            first grant (DESIGN.md, promise 5). Turning it off is unsafe: a
+            first grant (docs/design.md, promise 5). Turning it off is unsafe: a
             holder from before a restart may still be working.
         watch_buffer: Events a watcher may fall behind before it is dropped.
         shutdown_grace_s: How long calls in progress may finish on shutdown.

@@ -1,4 +1,4 @@
-"""How the members of one cluster recognise each other (DESIGN.md, promise 7).
+"""How the members of one cluster recognise each other (docs/design.md, promise 7).
 
 Peers talk on their own listener (``--peer-listen``), apart from clients, as
 etcd separates its client and peer URLs: the peer port can be firewalled to

@@ -17,7 +17,7 @@
   timeout). Requests, forwards and replies are delayed, reordered, lost and
   (requests) duplicated; the Raft network has its own faults (see
   :class:`~trio_election.testing.SimOptions`);
-* each client keeps its own view of leadership (DESIGN.md promise 4): it
+* each client keeps its own view of leadership (docs/design.md promise 4): it
   believes it holds its election from a successful grant until
   ``send time of the last successful heartbeat + ttl - margin``, or until it
   releases or a heartbeat is refused. A Campaign grant is believed only once
@@ -527,7 +527,7 @@ class ElectionSimulation(Simulation):
             raise self._violation(
                 f"early expiry: leader {nid} proposes {cmd} at {now:.3f}s, but it applied "
                 f"the last renewal at {renewed:.3f}s and leads since {since}s, ttl "
-                f"{ttl:g}s (DESIGN.md promise 3)"
+                f"{ttl:g}s (docs/design.md promise 3)"
             )
 
     # -- applying entries ---------------------------------------------------------
@@ -616,7 +616,7 @@ class ElectionSimulation(Simulation):
                 f"{nid} applies a grant of {granted.election} to {granted.node_id} (index "
                 f"{index}) at {now:.3f}s, but {old.node_id}'s lease (token "
                 f"{old.fencing_token}, ttl {old.ttl_ms} ms) was last renewed by a heartbeat "
-                f"sent at {sent:.3f}s (DESIGN.md promise 3)"
+                f"sent at {sent:.3f}s (docs/design.md promise 3)"
             )
 
     def _restored(self, rep: ElectionReplica) -> None:
@@ -781,14 +781,14 @@ class ElectionSimulation(Simulation):
                         f"two holders of {client.election}: {client.id} (token {token}) "
                         f"believes it holds it from {now:.3f}s while {other.id} (token "
                         f"{other.period.token}) believes it until {other.period.end:.3f}s "
-                        "(DESIGN.md promises 1 and 4)"
+                        "(docs/design.md promises 1 and 4)"
                     )
         for p in periods:
             if p.token > token or (p.token == token and p.client != client.id):
                 raise self._violation(
                     f"fencing tokens of {client.election} go down: {client.id} holds "
                     f"{token} from {now:.3f}s after {p.client} held {p.token} from "
-                    f"{p.start:.3f}s (DESIGN.md promise 2)"
+                    f"{p.start:.3f}s (docs/design.md promise 2)"
                 )
         period = _Period(client.id, client.election, token, now, deadline)
         periods.append(period)
