@@ -1,4 +1,4 @@
-"""Every rule of :class:`Limits` (DESIGN.md, "Bad input")."""
+"""Every rule of :class:`Limits` (docs/design.md, "Bad input")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of the sans-IO election state machine (DESIGN.md, "The promise")."""
+"""Unit tests of the sans-IO election state machine (docs/design.md, "The promise")."""
 
 from __future__ import annotations
 

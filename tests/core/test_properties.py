@@ -1,4 +1,4 @@
-"""Property tests of the election state machine against DESIGN.md, "The promise".
+"""Property tests of the election state machine against docs/design.md, "The promise".
 
 A :class:`Harness` drives an :class:`ElectionMachine` the way a node does (commands
 at the current time, ``due(now)`` whenever time passes) and checks every outcome

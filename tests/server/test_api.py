@@ -1,4 +1,4 @@
-"""The client API of one node over real gRPC (DESIGN.md, "Client API v1").
+"""The client API of one node over real gRPC (docs/design.md, "Client API v1").
 
 Most tests use an in-memory node without start-up grace (no disk, no worker
 threads, so ``settle()`` is exact); tests about time use ``mock_clock`` (rate

@@ -1,4 +1,4 @@
-"""Restarts forget nothing that matters (DESIGN.md, promise 5).
+"""Restarts forget nothing that matters (docs/design.md, promise 5).
 
 A node with a data dir recovers its holders, each with a full TTL, and its
 token high-water mark; an in-memory node grants nothing during its start-up

@@ -1,4 +1,4 @@
-"""The server never crashes or loses state on any input (DESIGN.md, "Bad input"
+"""The server never crashes or loses state on any input (docs/design.md, "Bad input"
 and "Known pitfalls").
 
 Input that no well-behaved gRPC library sends goes through ``RawH2``, an h2

@@ -1,4 +1,4 @@
-"""Cancelling ``serve`` shuts the node down gracefully (DESIGN.md, "Known pitfalls").
+"""Cancelling ``serve`` shuts the node down gracefully (docs/design.md, "Known pitfalls").
 
 Streams and waiting calls end with UNAVAILABLE (so clients fail over at once
 instead of waiting for their deadline) and the port is free again afterwards.

@@ -1,4 +1,4 @@
-"""Bad input is INVALID_ARGUMENT naming the field (DESIGN.md, "Bad input").
+"""Bad input is INVALID_ARGUMENT naming the field (docs/design.md, "Bad input").
 
 For every RPC and every field it checks, a bad request is refused with a
 message that starts with the field's name, and afterwards the node still
