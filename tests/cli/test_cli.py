@@ -319,3 +319,24 @@ def wait_for_line(path: Path, pattern: str, process: subprocess.Popen) -> re.Mat
         assert process.poll() is None, path.read_text()
         time.sleep(0.02)
     raise AssertionError(f"no line matching {pattern!r} in {path}:\n{path.read_text()}")
+
+
+def test_a_waiting_campaign_notes_changes_once_each_as_plain_lines(capsys) -> None:
+    from argparse import Namespace
+
+    from trio_election import Unavailable
+    from trio_election.cli._client_commands import Notes
+
+    notes = Notes(Namespace(json=False))
+    notes.retrying(Unavailable("no endpoint answered Campaign (connection refused)"))
+    notes.retrying(Unavailable("no endpoint answered Campaign (connection refused)"))
+    notes.answered()
+    notes.status("waiting: x is held by a", None)
+    notes.status("waiting: x is held by a", None)
+    notes.status("waiting: x is held by b", None)
+    assert capsys.readouterr().err.splitlines() == [
+        "cannot reach the cluster (no endpoint answered Campaign (connection refused)); "
+        "still trying",
+        "waiting: x is held by a",
+        "waiting: x is held by b",
+    ]

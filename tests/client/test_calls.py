@@ -141,3 +141,27 @@ async def test_a_broken_watch_resumes_without_missing_a_change(
         EventKind.ELECTED,
     ]
     assert [e.revision for e in seen[1:]] == [1, 2, 3]
+
+
+async def test_a_campaign_against_a_dead_endpoint_says_why_within_seconds(autojump_clock) -> None:
+    told: list[tuple[float, str]] = []
+    async with open_client([_dead_endpoint()]) as client:
+        with trio.move_on_after(10):
+            await client.campaign(
+                "prod", "w1", 5, on_retry=lambda exc: told.append((trio.current_time(), str(exc)))
+            )
+    start = told[0][0] if told else None
+    assert told, "campaign never said why it waits"
+    assert start is not None and start < 2  # the first refusal is reported at once
+    assert "no endpoint answered Campaign" in told[0][1]
+    assert len(told) > 3  # and it keeps trying (and telling) while it waits
+
+
+async def test_a_watch_against_a_dead_endpoint_says_why_and_keeps_trying(autojump_clock) -> None:
+    told: list[str] = []
+    async with open_client([_dead_endpoint()]) as client:
+        with trio.move_on_after(10):
+            async with aclosing(client.watch("prod", on_retry=lambda e: told.append(str(e)))) as w:
+                async for _ in w:
+                    pass
+    assert told and all("Watch" in t for t in told)
