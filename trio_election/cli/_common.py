@@ -17,36 +17,30 @@ class UsageError(Exception):
     """Raised for a command line that cannot mean anything: exit status 2."""
 
 
-def seconds(flag: str, low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a number of seconds within ``low .. high``."""
+def _bounded(flag: str, convert: type, noun: str, low: float, high: float, unit: str = ""):
+    """An argparse type: ``convert(text)`` within ``low .. high``, else a sentence."""
 
-    def parse(text: str) -> float:
+    def parse(text: str):
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g} seconds")
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}{unit}")
         return value
 
     parse.__name__ = flag
     return parse
+
+
+def seconds(flag: str, low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds within ``low .. high``."""
+    return _bounded(flag, float, "a number of seconds", low, high, " seconds")
 
 
 def whole(flag: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number within ``low .. high``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
-        return value
-
-    parse.__name__ = flag
-    return parse
+    return _bounded(flag, int, "a whole number", low, high)
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:

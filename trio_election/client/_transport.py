@@ -64,6 +64,18 @@ def explain(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: The domain error of each status a server sends on purpose.
+_ERRORS: dict[Status, type[ElectionError]] = {
+    Status.UNAVAILABLE: Unavailable,
+    Status.DEADLINE_EXCEEDED: DeadlineExceeded,
+    Status.ABORTED: Superseded,
+    Status.UNAUTHENTICATED: Unauthenticated,
+    Status.PERMISSION_DENIED: PermissionDenied,
+    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Status.OUT_OF_RANGE: OutOfRange,
+}
+
+
 def from_status(exc: GRPCError) -> ElectionError:
     """The domain error for a status a server sent."""
     message = exc.message or exc.status.name
@@ -72,21 +84,10 @@ def from_status(exc: GRPCError) -> ElectionError:
         error = InvalidArgument(field, rest or message)
         error.args = (message,)
         return error
-    if exc.status is Status.UNAVAILABLE:
-        return Unavailable(message)
-    if exc.status is Status.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(message)
-    if exc.status is Status.ABORTED:
-        return Superseded(message)
-    if exc.status is Status.UNAUTHENTICATED:
-        return Unauthenticated(message)
-    if exc.status is Status.PERMISSION_DENIED:
-        return PermissionDenied(message)
-    if exc.status is Status.RESOURCE_EXHAUSTED:
-        return ResourceExhausted(message)
-    if exc.status is Status.OUT_OF_RANGE:
-        return OutOfRange(message)
-    return ElectionError(f"{exc.status.name}: {message}")
+    kind = _ERRORS.get(exc.status)
+    if kind is None:
+        return ElectionError(f"{exc.status.name}: {message}")
+    return kind(message)
 
 
 class Transport:
