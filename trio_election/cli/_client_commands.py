@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -201,7 +200,6 @@ async def _run_as_leader(args: argparse.Namespace, command: list[str], lead: Any
             env=env,
             # With --json, stdout carries our JSON lines only.
             stdout=sys.stderr.fileno() if args.json else None,
-            preexec_fn=_die_with_parent,
         )
     except OSError as exc:
         raise ElectionError(f"campaign: cannot run {command[0]!r}: {exc.strerror}") from None
@@ -211,17 +209,6 @@ async def _run_as_leader(args: argparse.Namespace, command: list[str], lead: Any
         {"event": "exited", "returncode": process.returncode},
     )
     return process.returncode
-
-
-def _die_with_parent() -> None:
-    """In the child: be killed if campaign dies first (SIGKILL, a crash), so the
-    command never runs on after the lease is gone. Linux only; elsewhere the
-    command's own supervision must see to it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 async def _report_waiting(client: Any, args: argparse.Namespace, notes: Notes) -> None:
