@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class ElectionError(Exception):
-    """Base class of every error trio-election raises on purpose."""
+    """Base class of every error trio-election raises on purpose.
+
+    ``grpc_status`` names the gRPC status the error travels as (None: it
+    never crosses the wire as itself, and a server reports it as INTERNAL).
+    It is the one table of that mapping: the server reads it one way
+    (``server/_status.py``), the client the other (``client/_transport.py``).
+    """
+
+    grpc_status: str | None = None
 
 
 class InvalidArgument(ElectionError):
@@ -17,6 +25,8 @@ class InvalidArgument(ElectionError):
     Attributes:
         field: The name of the offending field, as in the proto.
     """
+
+    grpc_status = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -30,31 +40,43 @@ class Unavailable(ElectionError):
     or (in the client) no endpoint answering.
     """
 
+    grpc_status = "UNAVAILABLE"
+
 
 class PermissionDenied(ElectionError):
     """Raised when the caller is known but may not do what it asked: an
     election outside its token's prefix, a membership change without the admin
     role, or a command only the Raft leader may originate."""
 
+    grpc_status = "PERMISSION_DENIED"
+
 
 class ResourceExhausted(ElectionError):
     """Raised when a request would take the node past one of its limits
     (elections held, campaigners waiting, watchers); the message names it."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class Unauthenticated(ElectionError):
     """Raised by the client library when the server needs credentials the
     call did not carry (no token, an unknown token)."""
 
+    grpc_status = "UNAUTHENTICATED"
+
 
 class OutOfRange(ElectionError):
     """Raised when a watch asks to resume from a revision the node no longer
     remembers (or has not reached); watch from the current state instead."""
 
+    grpc_status = "OUT_OF_RANGE"
+
 
 class Superseded(ElectionError):
     """Raised to a waiting Campaign when a newer Campaign for the same
     election and node_id took its place in the queue."""
+
+    grpc_status = "ABORTED"
 
 
 class LeadershipLost(ElectionError):
@@ -65,6 +87,8 @@ class LeadershipLost(ElectionError):
 
 class DeadlineExceeded(ElectionError):
     """Raised by the client library when a call did not finish within its timeout."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 class NotElected(ElectionError):
@@ -80,3 +104,16 @@ class NotElected(ElectionError):
             f"{election!r} is held by {holder!r}" if holder else f"{election!r} is held"
         )
         self.leader = leader
+
+
+#: The errors that travel as a gRPC status of their own.
+WIRE_ERRORS: tuple[type[ElectionError], ...] = (
+    InvalidArgument,
+    Unavailable,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    OutOfRange,
+    Superseded,
+    DeadlineExceeded,
+)

@@ -16,14 +16,10 @@ import trio
 
 from .._bridge import Channel, GRPCError, Status, StreamTerminatedError
 from .._errors import (
+    WIRE_ERRORS,
     DeadlineExceeded,
     ElectionError,
     InvalidArgument,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    Superseded,
-    Unauthenticated,
     Unavailable,
 )
 from .._generated.v1 import election_grpc
@@ -66,20 +62,14 @@ def explain(exc: BaseException) -> str:
 
 #: The domain error of each status a server sends on purpose.
 _ERRORS: dict[Status, type[ElectionError]] = {
-    Status.UNAVAILABLE: Unavailable,
-    Status.DEADLINE_EXCEEDED: DeadlineExceeded,
-    Status.ABORTED: Superseded,
-    Status.UNAUTHENTICATED: Unauthenticated,
-    Status.PERMISSION_DENIED: PermissionDenied,
-    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
-    Status.OUT_OF_RANGE: OutOfRange,
+    Status[kind.grpc_status]: kind for kind in WIRE_ERRORS if kind.grpc_status
 }
 
 
 def from_status(exc: GRPCError) -> ElectionError:
     """The domain error for a status a server sent."""
     message = exc.message or exc.status.name
-    if exc.status is Status.INVALID_ARGUMENT:
+    if exc.status is Status.INVALID_ARGUMENT:  # with the field it names
         field, _, rest = message.partition(": ")
         error = InvalidArgument(field, rest or message)
         error.args = (message,)

@@ -1,33 +1,12 @@
-"""Domain errors to gRPC statuses: the one place where they are mapped."""
+"""Domain errors to gRPC statuses: each error class names its status."""
 
 from __future__ import annotations
 
 from .._bridge import GRPCError, Status
-from .._errors import (
-    ElectionError,
-    InvalidArgument,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    Superseded,
-    Unauthenticated,
-    Unavailable,
-)
-
-_STATUS: list[tuple[type[ElectionError], Status]] = [
-    (InvalidArgument, Status.INVALID_ARGUMENT),
-    (PermissionDenied, Status.PERMISSION_DENIED),
-    (ResourceExhausted, Status.RESOURCE_EXHAUSTED),
-    (Unauthenticated, Status.UNAUTHENTICATED),
-    (Unavailable, Status.UNAVAILABLE),
-    (Superseded, Status.ABORTED),
-    (OutOfRange, Status.OUT_OF_RANGE),
-]
+from .._errors import ElectionError
 
 
 def to_grpc_error(exc: ElectionError) -> GRPCError:
     """The GRPCError a handler raises for ``exc``; its message is ``str(exc)``."""
-    for kind, status in _STATUS:
-        if isinstance(exc, kind):
-            return GRPCError(status, str(exc))
-    return GRPCError(Status.INTERNAL, str(exc))
+    status = type(exc).grpc_status
+    return GRPCError(Status.INTERNAL if status is None else Status[status], str(exc))
