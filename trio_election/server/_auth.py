@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,14 @@ class Guard:
     @property
     def enabled(self) -> bool:
         return self.tokens is not None
+
+    def hook(
+        self, *, serves_admin: bool
+    ) -> Callable[[str, Mapping[str, str], CallPeer], None] | None:
+        """The bridge's ``authorize`` hook for a listener, or None where it could
+        never refuse anything (no tokens, and no membership changes served):
+        then no call pays for it."""
+        return self.authorize if self.tokens is not None or serves_admin else None
 
     def authorize(self, method: str, metadata: Mapping[str, str], peer: CallPeer) -> None:
         """Check a call's token on its headers (the bridge's ``authorize`` hook)."""

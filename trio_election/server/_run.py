@@ -99,7 +99,9 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             await node.open()
         else:
             await nursery.start(node.run)
-        server = GrpcServer(handlers, ssl=config.tls, authorize=guard.authorize)
+        server = GrpcServer(
+            handlers, ssl=config.tls, authorize=guard.hook(serves_admin=config.clustered)
+        )
         port = await server.start(config.host, config.port)
         if isinstance(node, ClusterNode):
             assert peer_server is not None
