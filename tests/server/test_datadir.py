@@ -124,3 +124,12 @@ async def test_health_is_not_serving_during_the_start_grace_and_watch_follows(
                 await trio.sleep_forever()
     finally:
         channel.close()
+
+
+async def test_a_members_data_dir_is_refused_under_another_id(tmp_path: Path):
+    data_dir = member_dir(tmp_path / "data", "n1")
+    config = NodeConfig(
+        port=0, data_dir=data_dir, node_id="n2", peer_port=0, peer_auth=PeerAuth(insecure=True)
+    )
+    with pytest.raises(DataDirError, match="belongs to node 'n1', not 'n2'"):
+        await serve(config)

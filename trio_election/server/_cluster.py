@@ -124,9 +124,6 @@ class ClusterNode(HubClient):
         """
         config = self.config
         self._store = store = await trio.to_thread.run_sync(RaftStore, config.data_dir)
-        stored_id = store.meta("node_id")
-        if stored_id is not None and stored_id != self.id:
-            raise SystemExit(f"{config.data_dir} belongs to node {stored_id!r}, not {self.id!r}")
         snapshot = store.snapshot()
         if not snapshot.is_empty:
             self._restore(snapshot)

@@ -100,6 +100,8 @@ def check_kind(data_dir: Path, node_id: str | None) -> None:
             f"{f' (cluster {cluster})' if cluster else ''}: start it with --id {recorded or 'ID'} "
             "and its peer credentials, or give a single node another --data-dir"
         )
+    if member is not None and node_id is not None and member[0] not in (None, node_id):
+        raise DataDirError(f"{data_dir} belongs to node {member[0]!r}, not {node_id!r}")
     if node_id is not None and member is None and (data_dir / SINGLE_FILE).exists():
         raise DataDirError(
             f"{data_dir} holds a single node's elections: start it without --id, or give "
