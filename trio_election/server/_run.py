@@ -117,7 +117,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
                 peer_host,
                 peer_port,
                 config.node_id,
-                _peer_auth_words(config),
+                config.peer_auth.description,
             )
         else:
             log.info(
@@ -146,19 +146,6 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
                         await peer_server.close()
             nursery.cancel_scope.cancel()
     log.info("stopped")
-
-
-def _peer_auth_words(config: NodeConfig) -> str:
-    auth = config.peer_auth
-    assert auth is not None
-    if auth.insecure:
-        return "NOT AUTHENTICATED (--unsafe-insecure-peers)"
-    words = []
-    if auth.server_ssl is not None:
-        words.append("mutual TLS")
-    if auth.cluster_key is not None:
-        words.append("cluster key")
-    return " and ".join(words)
 
 
 async def _stop_when_removed(node: ClusterNode, scope: trio.CancelScope) -> None:

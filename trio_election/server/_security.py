@@ -139,6 +139,16 @@ class PeerAuth:
         return self.server_ssl is not None or self.cluster_key is not None
 
     @property
+    def description(self) -> str:
+        """How peers authenticate, in words for the start-up log."""
+        if self.insecure:
+            return "NOT AUTHENTICATED (--unsafe-insecure-peers)"
+        ways = ["mutual TLS"] if self.server_ssl is not None else []
+        if self.cluster_key is not None:
+            ways.append("cluster key")
+        return " and ".join(ways)
+
+    @property
     def metadata(self) -> dict[str, str]:
         """What this member sends with every call to another."""
         if self.cluster_key is None:
