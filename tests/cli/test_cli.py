@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from trio_election.cli._main import build_parser
 from trio_election.cli._node import config_from
 from trio_election.server import NodeConfig, serve
 from trio_election.server._auth import Tokens
-from trio_election.testing import make_certs
+from trio_election.testing import make_certs, wait_for_line
 
 
 @pytest.fixture
@@ -307,18 +305,6 @@ def test_a_node_reloads_its_tokens_on_sighup(tmp_path: Path, capsys) -> None:
         node.terminate()
         assert node.wait(timeout=30) == 0
     capsys.readouterr()
-
-
-def wait_for_line(path: Path, pattern: str, process: subprocess.Popen) -> re.Match[str]:
-    """Wait (at most 30 s) until ``path`` has a line matching ``pattern``."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(pattern, path.read_text())
-        if match:
-            return match
-        assert process.poll() is None, path.read_text()
-        time.sleep(0.02)
-    raise AssertionError(f"no line matching {pattern!r} in {path}:\n{path.read_text()}")
 
 
 def test_a_waiting_campaign_notes_changes_once_each_as_plain_lines(capsys) -> None:

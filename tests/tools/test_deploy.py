@@ -19,13 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from trio_election.cli._main import build_parser
 from trio_election.cli._node import config_from
+from trio_election.testing import wait_for_line
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "trio-election.service"
@@ -212,18 +212,6 @@ def local(command: list[str], data_dir: Path) -> list[str]:
 def clean_env() -> dict[str, str]:
     # TRIO_ELECTION_* would change the node's settings beneath its flags.
     return {k: v for k, v in os.environ.items() if not k.startswith("TRIO_ELECTION_")}
-
-
-def wait_for_line(log: Path, pattern: str, process: subprocess.Popen) -> re.Match[str]:
-    """Poll ``log`` (at most 30 s) for a line matching ``pattern``."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(pattern, log.read_text())
-        if match:
-            return match
-        assert process.poll() is None, f"exited with {process.returncode}:\n{log.read_text()}"
-        time.sleep(0.05)
-    raise AssertionError(f"no line matching {pattern!r} within 30 s:\n{log.read_text()}")
 
 
 def serve_then_sigterm(command: list[str], tmp_path: Path, while_serving=None) -> str:

@@ -10,6 +10,7 @@ from ._election_sim import (
     ElectionSimOptions as ElectionSimOptions,
     ElectionSimulation as ElectionSimulation,
 )
+from ._logs import wait_for_line as wait_for_line
 from ._proxy import FreezableProxy as FreezableProxy
 from ._raft_sim import (
     Cluster as Cluster,
@@ -35,5 +36,6 @@ __all__ = [
     "Simulation",
     "StateMachine",
     "make_certs",
+    "wait_for_line",
     "write_secret",
 ]
