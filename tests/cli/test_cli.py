@@ -267,6 +267,23 @@ def test_node_flags_become_one_config() -> None:
     assert default.data_dir == Path("default.trio-election") and default.start_grace
 
 
+def test_connection_limits_come_from_their_flags() -> None:
+    args = build_parser().parse_args(
+        ["node", "--max-connections", "5", "--max-calls-per-connection", "7"]
+        + ["--idle-timeout", "30", "--max-resets-per-s", "20", "--connection-window", "65536"]
+    )
+    limits = config_from(args).connection_limits
+    assert (limits.max_connections, limits.max_streams_per_connection) == (5, 7)
+    assert (limits.idle_timeout_s, limits.max_resets_per_s) == (30.0, 20)
+    assert limits.connection_window_bytes == 65536
+    assert limits.handshake_timeout_s == 10.0  # the default, where no flag was given
+
+
+def test_a_bad_connection_limit_names_its_flag(capsys) -> None:
+    assert main(["node", "--max-connections", "0"]) == 2
+    assert "--max-connections" in capsys.readouterr().err
+
+
 def test_max_ttl_over_a_day_is_refused(capsys) -> None:
     assert main(["node", "--max-ttl", "90000"]) == 2
     assert "--max-ttl: must be from 0.1 to 86400 seconds" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from .._bridge import ConnectionLimits
 from .._errors import ElectionError
 from .._tls import server_context
 from .._util import unwrap_single_exception
@@ -165,10 +166,73 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             metavar="N",
             help=f"{what}, at most (default %(default)s)",
         )
+    connection = parser.add_argument_group(
+        "connections",
+        "what one client connection can cost the node, on the client port "
+        "(the peer port has its own, larger windows); over a limit a call gets "
+        "RESOURCE_EXHAUSTED, a flood GOAWAY and the connection is closed",
+    )
+    conn_defaults = ConnectionLimits()
+    for flag, field, kind, what in _CONNECTION_FLAGS:
+        parse = whole(flag, 1, 2**31 - 1) if kind == "N" else seconds(flag, 0.01, 86400)
+        connection.add_argument(
+            flag,
+            dest=field,
+            type=parse,
+            default=getattr(conn_defaults, field),
+            metavar=kind,
+            help=f"{what} (default %(default)s)",
+        )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.set_defaults(run=run)
+
+
+#: Flags for the fields of ConnectionLimits: (flag, field, N or S, what).
+_CONNECTION_FLAGS = [
+    ("--max-connections", "max_connections", "N", "client connections open at once"),
+    (
+        "--max-calls-per-connection",
+        "max_streams_per_connection",
+        "N",
+        "calls in progress on one connection (HTTP/2 MAX_CONCURRENT_STREAMS)",
+    ),
+    ("--max-calls", "max_streams_total", "N", "calls in progress on all connections"),
+    (
+        "--connection-window",
+        "connection_window_bytes",
+        "N",
+        "request bytes one connection may have buffered, unread",
+    ),
+    ("--call-window", "stream_window_bytes", "N", "request bytes one call may have buffered"),
+    (
+        "--handshake-timeout",
+        "handshake_timeout_s",
+        "S",
+        "seconds a client may take over its TLS and HTTP/2 handshakes",
+    ),
+    (
+        "--idle-timeout",
+        "idle_timeout_s",
+        "S",
+        "seconds a connection without calls (or not reading) stays open",
+    ),
+    (
+        "--request-read-timeout",
+        "request_timeout_s",
+        "S",
+        "seconds a unary or Watch call may take to send its request",
+    ),
+    ("--max-resets-per-s", "max_resets_per_s", "N", "calls one connection may reset a second"),
+    (
+        "--max-settings-per-s",
+        "max_settings_per_s",
+        "N",
+        "SETTINGS frames a connection may send a second",
+    ),
+    ("--max-pings-per-s", "max_pings_per_s", "N", "PING frames a connection may send a second"),
+]
 
 
 def config_from(args: argparse.Namespace) -> NodeConfig:
@@ -233,6 +297,9 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         max_watchers=args.max_watchers,
         max_watchers_per_connection=args.max_watchers_per_connection,
         keepalive_window=args.keepalive_window,
+        connection_limits=ConnectionLimits(
+            **{field: getattr(args, field) for _, field, _, _ in _CONNECTION_FLAGS}
+        ),
         tick_s=args.tick,
         snapshot_entries=args.snapshot_entries,
         request_timeout_s=args.request_timeout,

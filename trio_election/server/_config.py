@@ -6,9 +6,22 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._bridge import ConnectionLimits
 from ..core import DEFAULT_MAX_TTL_MS
 from ._auth import Tokens
 from ._security import PeerAuth
+
+#: The peer listener's limits. Peers send Raft batches and snapshots (up to
+#: 256 MiB) over long-lived streams, so their windows are grpclib's 4 MiB; a
+#: cluster has a handful of members, each with a connection or two to each
+#: other, so 256 connections is ample, and a stranger who cannot
+#: authenticate has every call refused before its handler reads a byte.
+PEER_CONNECTION_LIMITS = ConnectionLimits(
+    max_connections=256,
+    connection_window_bytes=4 * 1024 * 1024,
+    stream_window_bytes=4 * 1024 * 1024,
+    request_timeout_s=60.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,10 @@ class NodeConfig:
         max_watchers_per_connection: Watch streams one client connection may open.
         keepalive_window: Renewals of one KeepAlive stream in flight at once
             (the client waits for answers beyond it).
+        connection_limits: What the clients of the client listener may cost it:
+            connections, calls, buffered bytes, timeouts and flood budgets
+            (``_bridge.ConnectionLimits``, which gives each default and why).
+        peer_connection_limits: The same for the peer listener.
         tick_s: The Raft tick. Elections time out after 10 to 20 ticks
             without a leader; the leader heartbeats every tick.
         request_timeout_s: How long a command may take to commit before the
@@ -76,6 +93,8 @@ class NodeConfig:
     max_watchers: int = 10_000
     max_watchers_per_connection: int = 100
     keepalive_window: int = 256
+    connection_limits: ConnectionLimits = ConnectionLimits()
+    peer_connection_limits: ConnectionLimits = PEER_CONNECTION_LIMITS
     tick_s: float = 0.05
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0

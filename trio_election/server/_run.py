@@ -86,6 +86,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             [transport, ClusterService(node), Health()],
             ssl=config.peer_auth.server_ssl,
             authorize=config.peer_auth.authorize,
+            limits=config.peer_connection_limits,
         )
     else:
         node = Node(config)
@@ -100,7 +101,10 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         else:
             await nursery.start(node.run)
         server = GrpcServer(
-            handlers, ssl=config.tls, authorize=guard.hook(serves_admin=config.clustered)
+            handlers,
+            ssl=config.tls,
+            authorize=guard.hook(serves_admin=config.clustered),
+            limits=config.connection_limits,
         )
         port = await server.start(config.host, config.port)
         if isinstance(node, ClusterNode):
