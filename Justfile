@@ -16,6 +16,10 @@ demo:
 bench *ARGS:
     {{python}} tools/bench.py {{ARGS}}
 
+# Attack one node with HTTP/2 abuse (rapid reset, floods, idle streams) and measure it.
+abuse *ARGS:
+    {{python}} tools/abuse.py {{ARGS}}
+
 # Regenerate trio_election/_generated from proto/.
 gen-proto:
     {{python}} tools/gen_proto.py
