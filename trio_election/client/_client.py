@@ -13,9 +13,10 @@ from .._bridge import asyncio_loop
 from .._errors import ElectionError, InvalidArgument, NotElected, OutOfRange, Unavailable
 from .._generated.v1 import election_pb2 as pb
 from .._util import unwrap_single_exception
+from ._belief import default_margin
 from ._credentials import Credentials
 from ._keepalive import KeepAlive
-from ._leadership import Leadership, check_lost, default_margin, keep
+from ._leadership import Leadership, check_lost, keep
 from ._transport import Transport, backoff
 from ._types import Attempt, EventKind, Leader, LeaderEvent, leader_or_none
 
@@ -236,6 +237,7 @@ class Client:
             ttl,
             default_margin(ttl) if margin is None else margin,
         )
+        # Until the first confirmation: as long as the first heartbeat may take.
         lead._scope.deadline = trio.current_time() + ttl - lead.margin
         try:
             if sent is None:
@@ -248,7 +250,7 @@ class Client:
                 if not reply.success:
                     lead._lose("the grant was gone before the first heartbeat")
                     check_lost(lead)
-            lead._scope.deadline = sent + ttl - lead.margin
+            lead._confirmed(sent)
             # Renewal runs in the client's nursery, so the body's own
             # exceptions reach the caller unwrapped.
             renewal = trio.CancelScope()

@@ -1,14 +1,13 @@
 """Holding an election safely: the body runs only while leadership is certain.
 
-Theory of operation (docs/design.md, promise 4). The server expires a lease no
-earlier than ``ttl`` after it *received* the last successful heartbeat. The
-client cannot know when that was, but it knows when it *sent* it, which was
-earlier; so it considers leadership lost at
+Theory of operation (docs/design.md, promise 4). The rule for when the client
+stops believing it holds the election is :class:`~._belief.Belief` (sans-IO,
+also what the simulation's clients run):
 
     send_time_of_last_successful_heartbeat + ttl - margin
 
-on its own monotonic clock (the Trio clock), never comparing clocks across
-machines. The body runs in a cancel scope with that deadline: each successful
+on the client's own monotonic clock (the Trio clock), never comparing clocks
+across machines. The body runs in a cancel scope with that deadline: each successful
 heartbeat moves the deadline later, and if heartbeats stop succeeding the body
 is cancelled before the server could hand the election to anyone else. A
 heartbeat that the server refuses (someone else holds it) cancels at once.
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .._errors import ElectionError, LeadershipLost
+from ._belief import Belief
 from ._keepalive import KeepAlive
 from ._types import Leader
 
@@ -48,6 +48,10 @@ class Leadership:
     margin: float
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
     _lost: str | None = field(default=None, repr=False)
+    _belief: Belief = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._belief = Belief(self.ttl, self.margin)
 
     @property
     def deadline(self) -> float:
@@ -60,17 +64,14 @@ class Leadership:
         return self._lost
 
     def _confirmed(self, send_time: float) -> None:
-        self._scope.deadline = max(self._scope.deadline, send_time + self.ttl - self.margin)
+        """A grant or heartbeat sent at ``send_time`` succeeded."""
+        self._scope.deadline = self._belief.confirmed(send_time)
 
     def _lose(self, why: str) -> None:
         if self._lost is None:
             self._lost = why
+        self._belief.lose()
         self._scope.cancel()
-
-
-def default_margin(ttl: float) -> float:
-    """A tenth of the TTL, at least 20 ms."""
-    return max(0.02, ttl / 10)
 
 
 async def keep(lead: Leadership, keepalive: KeepAlive, interval: float) -> None:
