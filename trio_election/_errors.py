@@ -79,6 +79,17 @@ class Superseded(ElectionError):
     grpc_status = "ABORTED"
 
 
+class StartupError(ElectionError):
+    """Raised when a node cannot start as asked: its flags, data dir, files or
+    cluster say no. The message is one sentence for the operator, saying what
+    to do; the command line prints it and exits with status 1."""
+
+
+class CorruptData(StartupError):
+    """Raised at start-up when a data dir's state is damaged (a checksum or a
+    format that does not match); the node refuses to serve from it."""
+
+
 class LeadershipLost(ElectionError):
     """Raised by the client library when leadership ends for any reason other
     than the body finishing: heartbeats stopped succeeding in time, or the

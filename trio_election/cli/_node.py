@@ -10,13 +10,11 @@ from pathlib import Path
 import trio
 
 from .._bridge import ConnectionLimits
-from .._errors import ElectionError
 from .._tls import server_context
 from .._util import unwrap_single_exception
 from ..core import DEFAULT_MAX_TTL_MS, MAX_MAX_TTL_MS, MIN_TTL_MS
 from ..server import NodeConfig, serve
 from ..server._auth import Tokens
-from ..server._raft_store import CorruptLog
 from ..server._security import PeerAuth
 from ._common import UsageError, parse_listen, seconds, whole
 
@@ -328,12 +326,9 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc.code, str):
             raise UsageError(exc.code) from None  # contradictory or malformed flags
         raise
-    try:
-        with unwrap_single_exception():
-            trio.run(_main, config)
-    except CorruptLog as exc:
-        # A refusal to start is a sentence for the operator (main prints it).
-        raise ElectionError(str(exc)) from None
+    # A refusal to start (StartupError) is a sentence for the operator: main prints it.
+    with unwrap_single_exception():
+        trio.run(_main, config)
     return 0
 
 

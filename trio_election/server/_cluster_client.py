@@ -7,6 +7,7 @@ import logging
 import trio
 
 from .._bridge import GRPCError, Status
+from .._errors import StartupError
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
 from ..client._transport import CONNECTION_ERRORS
 from ._security import PeerAuth
@@ -40,7 +41,7 @@ async def add_member(
     id is in use or was removed, the credentials are refused) ends at once.
 
     Raises:
-        SystemExit: with the sentence for the operator.
+        StartupError: with the sentence for the operator.
     """
     channel = auth.channel(through, cluster_grpc.ClusterStub)
     request = pb.MemberAddRequest(id=node_id, address=address)
@@ -53,7 +54,7 @@ async def add_member(
                     return {m.id: m.address for m in reply.members}, reply.cluster_id
                 except GRPCError as exc:
                     if exc.status in PERMANENT:
-                        raise SystemExit(
+                        raise StartupError(
                             f"cannot join through {through}: {exc.message or exc.status.name}"
                         ) from None
                     problem = exc.message or exc.status.name
@@ -64,7 +65,7 @@ async def add_member(
                     log.warning("join through %s: %s; retrying", through, problem)
                 await trio.sleep(min(1.0, 0.1 * attempt))
     except trio.TooSlowError:
-        raise SystemExit(
+        raise StartupError(
             f"could not join the cluster through {through} within {JOIN_TIMEOUT_S:g} s: "
             "is it a member's peer address (--peer-listen), and is the cluster up?"
         ) from None

@@ -21,14 +21,14 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .._errors import ElectionError
+from .._errors import StartupError
 
 LOCK_FILE = "LOCK"
 RAFT_FILE = "raft.db"
 SINGLE_FILE = "leases.db"
 
 
-class DataDirError(ElectionError):
+class DataDirError(StartupError):
     """Raised when a data dir is in use by another process, or holds the state
     of another kind of node than the flags ask for; says what to do."""
 

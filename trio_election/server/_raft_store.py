@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._errors import CorruptData
 from ..raft import ConfState, Entry, EntryType, HardState, MemoryStorage, Snapshot, SnapshotMetadata
 
 _SCHEMA = """
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS snapshot (
 """
 
 
-class CorruptLog(RuntimeError):
+class CorruptLog(CorruptData):
     """Raised at start-up when the data dir's Raft state is damaged."""
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._bridge import CallPeer, Channel, GRPCError, Status
-from .._errors import ElectionError
+from .._errors import StartupError
 from .._tls import client_context, server_context
 from ..client._transport import parse_endpoint
 
@@ -48,7 +48,7 @@ NO_PEER_AUTH = (
 )
 
 
-class SecurityConfigError(ElectionError):
+class SecurityConfigError(StartupError):
     """Raised when security flags or files cannot be used; says what to fix."""
 
 
