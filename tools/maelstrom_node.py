@@ -6,8 +6,8 @@
 
 Maelstrom runs one process per node and speaks JSON lines on stdin/stdout
 (``{"src", "dest", "body"}``). After ``init`` (``node_id``, ``node_ids``) the
-node bootstraps a :class:`~trio_election.raft.RawNode` with every node id as an
-initial voter (in-memory storage: ``lin-kv`` never restarts nodes) and serves:
+node bootstraps a :class:`~trio_election.replica.Replica` with every node id as
+an initial voter (in-memory storage: ``lin-kv`` never restarts nodes) and serves:
 
 * ``write {key, value}`` -> ``write_ok``;
 * ``cas {key, from, to}`` -> ``cas_ok``, or error 22 (current value differs)
@@ -16,25 +16,30 @@ initial voter (in-memory storage: ``lin-kv`` never restarts nodes) and serves:
 
 Design:
 
-* **Writes and cas go through the log.** The leader proposes a JSON command
-  carrying a unique request id; every replica applies it to its dict, and the
-  node that proposed it answers with the result computed *at apply time*
-  (so a cas is checked against the linearized state).
+* **The cluster logic is** :class:`trio_election.replica.Replica`, the same
+  one the server and the simulation run, here around a key-value machine
+  (:class:`KVMachine`). Ticks, the Ready cycle, forwarding and retrying
+  proposals, applying committed entries and ReadIndex bookkeeping are the
+  replica's; this adapter keeps only Maelstrom's JSON lines, the map from
+  request ids to client replies, and the error codes.
+* **Writes and cas go through the log,** from any node: the node submits a
+  JSON command carrying a unique request id (``Replica.submit``; a follower's
+  goes to the leader it knows inside Raft's own messages, and is proposed
+  again if lost, e.g. with a deposed leader). Every replica applies it to its
+  dict, and the node that took the request answers with the result computed
+  *at apply time* (``Done.applied``; so a cas is checked against the
+  linearized state). With no known leader it answers error 11 at once.
 * **Reads use ReadIndex** (Raft thesis §6.4), on any node: the node calls
-  ``read_index`` (a follower's core forwards it to the leader), and serves the
-  read from its own state machine once it has applied up to the returned
-  index. Reads never touch the log.
-* **Followers forward writes/cas** to the leader they know of, as a
-  node-to-node ``fwd`` message, and relay the leader's ``fwd_reply`` to the
-  client. With no known leader they answer error 11 at once; a leader never
-  re-forwards (a forwarded request that reaches a non-leader gets 11).
+  ``Replica.read`` (a follower's core forwards it to the leader), and serves
+  the read from its own state machine once ``Done.reads`` says it has applied
+  up to the confirmed index. Reads never touch the log.
 * **Error codes follow Maelstrom's definite/indefinite split.** Code 11
   (temporarily unavailable) is *definite*: the checker takes the operation as
   never having happened. It is used only when that is certain: the request was
-  never proposed (no leader, not the leader), every read failure (reads have
-  no effect), or a proposal whose log index was taken by another entry at
-  apply time. A proposed (or forwarded) write/cas that gets no result within
-  ``REQUEST_TIMEOUT`` may still commit later, so it gets code 0 (timeout,
+  never proposed (no leader known: the replica forgets it at once) and every
+  read failure (reads have no effect). A submitted write/cas that gets no
+  result within ``REQUEST_TIMEOUT`` is forgotten (no more retries), but a copy
+  may already be in the log and commit later, so it gets code 0 (timeout,
   *indefinite*). Answering 11 there would let Maelstrom's linearizability
   checker report false anomalies when the entry commits afterwards.
 * Raft messages between nodes travel as ``{"type": "raft", "data":
@@ -66,28 +71,23 @@ from typing import Any
 
 import trio
 
+from trio_election._errors import ElectionError, InvalidArgument
 from trio_election.raft import (
     CodecError,
     Config,
-    EntryType,
     MemoryStorage,
+    Message,
     ProposalDropped,
     RaftError,
-    RawNode,
-    Ready,
-    Role,
-    decode_conf_change,
     decode_message,
     encode_message,
 )
+from trio_election.replica import Applied, Done, Replica
 
 TICK_INTERVAL = 0.05
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 1
 REQUEST_TIMEOUT = 1.0
-# A follower waits a little longer than the leader's own timeout, so that the
-# leader's answer (possibly a timeout) usually reaches it first.
-FORWARD_TIMEOUT = 1.2
 
 # Maelstrom error codes.
 TIMEOUT = 0  # indefinite
@@ -102,13 +102,22 @@ log = logging.getLogger("maelstrom_node")
 Body = dict[str, Any]
 Reply = Callable[[Body], None]
 
+#: The fields of each command besides ``op`` and ``id``.
+COMMAND_FIELDS = {"write": ("key", "value"), "cas": ("key", "from", "to")}
+
 
 def error(code: int, text: str) -> Body:
     return {"type": "error", "code": code, "text": text}
 
 
-class KVStore:
-    """The replicated state machine: a dict of JSON keys to JSON values."""
+class KVMachine:
+    """The replicated state machine: a dict of JSON keys to JSON values.
+
+    A command is a JSON object: ``{"op": "write", "key", "value", "id"}`` or
+    ``{"op": "cas", "key", "from", "to", "id"}`` (optionally with
+    ``"create_if_not_exists": true``), ``id`` being the request id it was
+    proposed under. Its outcome is the client's reply body.
+    """
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
@@ -117,30 +126,80 @@ class KVStore:
     def _key(key: Any) -> str:
         return json.dumps(key, sort_keys=True)
 
+    @staticmethod
+    def encode(cmd: Body) -> bytes:
+        return json.dumps(cmd, separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> Body:
+        """The command in ``data``; raises ``InvalidArgument`` if it is not one."""
+        try:
+            cmd = json.loads(data)
+        except ValueError as exc:
+            raise InvalidArgument("data", f"not JSON: {exc}") from None
+        if not isinstance(cmd, dict) or not isinstance(cmd.get("id"), str):
+            raise InvalidArgument("data", "not a JSON object with a string id")
+        fields = COMMAND_FIELDS.get(cmd.get("op"))
+        if fields is None:
+            raise InvalidArgument("op", f"unknown command {cmd.get('op')!r}")
+        missing = [f for f in fields if f not in cmd]
+        if missing:
+            raise InvalidArgument(missing[0], f"missing from {cmd['op']}")
+        return cmd
+
     def read(self, key: Any) -> Body:
         k = self._key(key)
         if k not in self.data:
             return error(KEY_DOES_NOT_EXIST, f"key {key!r} does not exist")
         return {"type": "read_ok", "value": self.data[k]}
 
-    def apply(self, cmd: Body) -> Body:
-        """Apply a committed write/cas command; return the client's reply body."""
+    def request_id(self, data: bytes) -> str:
+        try:
+            return str(self.decode(data)["id"])
+        except InvalidArgument:
+            return ""
+
+    def apply(self, data: bytes, index: int, now: float) -> Applied:
+        """Apply a committed write/cas command; the outcome is the reply body."""
+        try:
+            cmd = self.decode(data)
+        except InvalidArgument as exc:
+            log.error("entry %d applied as a no-op: %s", index, exc)
+            return Applied()
         k = self._key(cmd["key"])
-        if cmd["op"] == "write":
-            self.data[k] = cmd["value"]
-            return {"type": "write_ok"}
         if cmd["op"] == "cas":
             if k not in self.data:
                 if not cmd.get("create_if_not_exists"):
-                    return error(KEY_DOES_NOT_EXIST, f"key {cmd['key']!r} does not exist")
+                    reply = error(KEY_DOES_NOT_EXIST, f"key {cmd['key']!r} does not exist")
+                    return Applied(cmd["id"], reply)
             elif self.data[k] != cmd["from"]:
-                return error(
+                reply = error(
                     PRECONDITION_FAILED,
                     f"expected {cmd['from']!r}, current value is {self.data[k]!r}",
                 )
+                return Applied(cmd["id"], reply)
             self.data[k] = cmd["to"]
-            return {"type": "cas_ok"}
-        return error(NOT_SUPPORTED, f"unknown command {cmd['op']!r}")
+            return Applied(cmd["id"], {"type": "cas_ok"})
+        self.data[k] = cmd["value"]
+        return Applied(cmd["id"], {"type": "write_ok"})
+
+    def dump(self) -> bytes:
+        return json.dumps(self.data).encode()
+
+    def load(self, image: bytes, now: float) -> None:
+        self.data = json.loads(image)
+
+    def due(self, now: float) -> list[bytes]:
+        return []
+
+    def abandoned(self, alive: Callable[[str], bool]) -> list[bytes]:
+        return []  # nothing here belongs to a node
+
+    def lead(self, now: float) -> None:
+        pass
+
+    def check_forwarded(self, data: bytes) -> None:
+        self.decode(data)
 
 
 @dataclass
@@ -149,15 +208,11 @@ class Pending:
 
     reply: Reply
     deadline: float
-    timeout_code: int
-    timeout_text: str
     key: Any = None  # reads
-    read_index: int | None = None  # reads, once the ReadState arrived
-    log_index: int | None = None  # proposals
 
 
 class MaelstromNode:
-    """Protocol handling and the Raft Ready loop of one node."""
+    """Maelstrom I/O around one :class:`~trio_election.replica.Replica`."""
 
     def __init__(self, out: trio.MemorySendChannel[str]) -> None:
         self._out = out
@@ -166,16 +221,12 @@ class MaelstromNode:
         self._nonce = secrets.token_hex(4)  # makes request ids unique across processes
         self.node_id: str | None = None
         self.node_ids: list[str] = []
-        self.raft: RawNode | None = None
+        self.replica: Replica | None = None
         self.storage = MemoryStorage()
-        self.kv = KVStore()
-        self.applied = 0
-        self._proposals: dict[str, Pending] = {}  # command id -> request
-        self._proposed_at: dict[int, str] = {}  # log index -> command id
-        self._reads: dict[bytes, Pending] = {}  # read_index ctx -> request
-        self._forwards: dict[int, Pending] = {}  # fwd_id -> client request
+        self.kv = KVMachine()
+        self._proposals: dict[str, Pending] = {}  # request id -> request
+        self._reads: dict[bytes, Pending] = {}  # read ctx -> request
         self._wake = trio.Event()
-        self._last_soft: tuple[Role, str | None] | None = None
 
     # -- output ------------------------------------------------------------
 
@@ -187,12 +238,6 @@ class MaelstromNode:
     def _client_reply(self, src: str, msg_id: Any) -> Reply:
         def reply(body: Body) -> None:
             self.send(src, {**body, "in_reply_to": msg_id})
-
-        return reply
-
-    def _forward_reply(self, src: str, fwd_id: int) -> Reply:
-        def reply(body: Body) -> None:
-            self.send(src, {"type": "fwd_reply", "fwd_id": fwd_id, "reply": body})
 
         return reply
 
@@ -213,7 +258,7 @@ class MaelstromNode:
             self.handle(src, kind, body)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("malformed %s from %s: %r", kind, src, exc)
-            if "msg_id" in body and kind not in ("raft", "fwd", "fwd_reply"):
+            if "msg_id" in body and kind != "raft":
                 self._client_reply(src, body["msg_id"])(error(MALFORMED_REQUEST, str(exc)))
         self.wake()
 
@@ -221,34 +266,28 @@ class MaelstromNode:
         if kind == "init":
             self._init(src, body)
             return
-        if self.raft is None:
-            if kind not in ("raft", "fwd", "fwd_reply"):
+        if self.replica is None:
+            if kind != "raft":
                 self._client_reply(src, body.get("msg_id"))(
                     error(TEMPORARILY_UNAVAILABLE, "node not initialised")
                 )
             return
         if kind == "raft":
             self._step(src, body["data"])
-        elif kind in ("read", "write", "cas"):
-            self._client_request(src, kind, body)
-        elif kind == "fwd":
-            reply = self._forward_reply(src, body["fwd_id"])
-            req = body["req"]
-            self._start_command(req["type"], req, reply, may_forward=False)
-        elif kind == "fwd_reply":
-            pending = self._forwards.pop(body["fwd_id"], None)
-            if pending is not None:
-                pending.reply(body["reply"])
+        elif kind == "read":
+            self._start_read(body["key"], self._client_reply(src, body["msg_id"]))
+        elif kind in COMMAND_FIELDS:
+            self._start_command(kind, body, self._client_reply(src, body["msg_id"]))
         elif kind == "status":
-            st = self.raft.status()
+            st = self.replica.raw.status()
             self._client_reply(src, body.get("msg_id"))(
                 {
                     "type": "status_ok",
-                    "role": st.role.name.lower(),
-                    "leader": st.leader,
+                    "role": self.replica.role.name.lower(),
+                    "leader": self.replica.leader,
                     "term": st.term,
                     "commit": st.commit,
-                    "applied": self.applied,
+                    "applied": self.replica.applied,
                 }
             )
         elif "msg_id" in body:
@@ -257,196 +296,119 @@ class MaelstromNode:
             )
 
     def _init(self, src: str, body: Body) -> None:
-        if self.raft is not None:
+        if self.replica is not None:
             log.warning("duplicate init ignored")
         else:
-            self.node_id = str(body["node_id"])
-            self.node_ids = [str(n) for n in body["node_ids"]]
-            config = Config(
-                id=self.node_id,
-                election_tick=ELECTION_TICK,
-                heartbeat_tick=HEARTBEAT_TICK,
-            )
-            config.validate()
-            self.raft = RawNode(config, self.storage)
-            self.raft.bootstrap(self.node_ids)
+            node_id = str(body["node_id"])
+            node_ids = [str(n) for n in body["node_ids"]]
+            config = Config(id=node_id, election_tick=ELECTION_TICK, heartbeat_tick=HEARTBEAT_TICK)
+            replica = Replica(self.storage, self.kv, trio.current_time(), config)
+            # Peer addresses are unused: Maelstrom routes by node id.
+            replica.bootstrap({nid: nid for nid in node_ids})
+            self.node_id, self.node_ids, self.replica = node_id, node_ids, replica
             log.info("%s initialised, cluster %s", self.node_id, self.node_ids)
         self._client_reply(src, body.get("msg_id"))({"type": "init_ok"})
 
     def _step(self, src: str, data: str) -> None:
-        assert self.raft is not None
+        assert self.replica is not None
         try:
             msg = decode_message(base64.b64decode(data, validate=True))
         except (CodecError, ValueError) as exc:
             log.warning("undecodable raft message from %s: %s", src, exc)
             return
         try:
-            self.raft.step(msg)
-        except RaftError as exc:
+            self.replica.step(msg)
+        except (RaftError, ElectionError) as exc:  # a refused forwarded proposal, too
             log.warning("step %s from %s: %s", msg.type, src, exc)
 
-    def _client_request(self, src: str, kind: str, body: Body) -> None:
-        reply = self._client_reply(src, body["msg_id"])
-        if kind == "read":
-            self._start_read(body["key"], reply)
-        else:
-            self._start_command(kind, body, reply, may_forward=True)
-
     def _start_read(self, key: Any, reply: Reply) -> None:
-        assert self.raft is not None
+        assert self.replica is not None
         ctx = f"{self._nonce}:{next(self._req_ids)}".encode()
         try:
-            self.raft.read_index(ctx)
+            self.replica.read(ctx)
         except ProposalDropped as exc:
             reply(error(TEMPORARILY_UNAVAILABLE, f"no leader: {exc}"))
             return
-        self._reads[ctx] = Pending(
-            reply=reply,
-            deadline=trio.current_time() + REQUEST_TIMEOUT,
-            timeout_code=TEMPORARILY_UNAVAILABLE,  # a read has no effect: definite
-            timeout_text="read timed out",
-            key=key,
-        )
+        self._reads[ctx] = Pending(reply, trio.current_time() + REQUEST_TIMEOUT, key)
 
-    def _start_command(self, kind: str, body: Body, reply: Reply, *, may_forward: bool) -> None:
-        assert self.raft is not None
-        if kind == "write":
-            cmd: Body = {"op": "write", "key": body["key"], "value": body["value"]}
-        elif kind == "cas":
-            cmd = {"op": "cas", "key": body["key"], "from": body["from"], "to": body["to"]}
-            if body.get("create_if_not_exists"):
-                cmd["create_if_not_exists"] = True
-        else:
-            reply(error(NOT_SUPPORTED, f"cannot forward {kind!r}"))
-            return
+    def _start_command(self, kind: str, body: Body, reply: Reply) -> None:
+        assert self.replica is not None
+        cmd: Body = {"op": kind, **{f: body[f] for f in COMMAND_FIELDS[kind]}}
+        if kind == "cas" and body.get("create_if_not_exists"):
+            cmd["create_if_not_exists"] = True
         cmd_id = f"{self.node_id}:{self._nonce}:{next(self._req_ids)}"
         cmd["id"] = cmd_id
         try:
-            self.raft.propose(json.dumps(cmd, separators=(",", ":")).encode())
+            self.replica.submit(KVMachine.encode(cmd), cmd_id)
         except ProposalDropped as exc:
-            leader = self.raft.status().leader
-            if may_forward and leader is not None and leader != self.node_id:
-                self._forward(leader, kind, body, reply)
-            else:
-                reply(error(TEMPORARILY_UNAVAILABLE, f"not the leader: {exc}"))
+            self.replica.forget(cmd_id)  # never sent, and now never will be: definite
+            reply(error(TEMPORARILY_UNAVAILABLE, f"no leader: {exc}"))
             return
-        # propose() appends at last_index + 1: remember where, to fail the
-        # request definitely if a different entry gets applied there.
-        index = self.raft.status().last_index
-        self._proposals[cmd_id] = Pending(
-            reply=reply,
-            deadline=trio.current_time() + REQUEST_TIMEOUT,
-            timeout_code=TIMEOUT,
-            timeout_text="timed out waiting for commit; the operation may or may not apply",
-            log_index=index,
-        )
-        self._proposed_at[index] = cmd_id
-
-    def _forward(self, leader: str, kind: str, body: Body, reply: Reply) -> None:
-        fwd_id = next(self._req_ids)
-        req = {k: v for k, v in body.items() if k not in ("msg_id", "in_reply_to")}
-        req["type"] = kind
-        self._forwards[fwd_id] = Pending(
-            reply=reply,
-            deadline=trio.current_time() + FORWARD_TIMEOUT,
-            timeout_code=TIMEOUT,
-            timeout_text=f"no answer from leader {leader}; the operation may or may not apply",
-        )
-        self.send(leader, {"type": "fwd", "fwd_id": fwd_id, "req": req})
+        self._proposals[cmd_id] = Pending(reply, trio.current_time() + REQUEST_TIMEOUT)
 
     # -- time --------------------------------------------------------------
 
     def tick(self) -> None:
-        if self.raft is None:
+        if self.replica is None:
             return
-        self.raft.tick()
-        self._expire(trio.current_time())
+        now = trio.current_time()
+        self.replica.tick(now)
+        self._expire(now)
         self.wake()
 
     def _expire(self, now: float) -> None:
-        for table in (self._proposals, self._reads, self._forwards):
-            expired = [k for k, p in table.items() if p.deadline <= now]
-            for k in expired:
-                p = table.pop(k)  # type: ignore[attr-defined]
-                if p.log_index is not None:
-                    self._proposed_at.pop(p.log_index, None)
-                p.reply(error(p.timeout_code, p.timeout_text))
+        assert self.replica is not None
+        for cmd_id in [i for i, p in self._proposals.items() if p.deadline <= now]:
+            self.replica.forget(cmd_id)
+            self._proposals.pop(cmd_id).reply(
+                error(TIMEOUT, "timed out waiting for commit; the operation may or may not apply")
+            )
+        for ctx in [c for c, p in self._reads.items() if p.deadline <= now]:
+            self.replica.forget_read(ctx)
+            # A read has no effect: definite.
+            self._reads.pop(ctx).reply(error(TEMPORARILY_UNAVAILABLE, "read timed out"))
 
     # -- Ready -------------------------------------------------------------
 
     def process_ready(self) -> None:
-        """Handle every pending Ready: persist, send, apply, advance."""
-        raft = self.raft
-        if raft is None:
+        """Handle every pending Ready: send, persist, send, apply."""
+        replica = self.replica
+        if replica is None:
             return
-        while raft.has_ready():
-            rd = raft.ready()
-            if rd.soft_state is not None:
-                soft = (rd.soft_state.role, rd.soft_state.leader)
-                if soft != self._last_soft:
-                    log.info(
-                        "%s: %s, leader %s", self.node_id, rd.soft_state.role, rd.soft_state.leader
-                    )
-                    self._last_soft = soft
-            # 1. persist ("durable" = in memory: lin-kv never restarts nodes)
-            if rd.snapshot is not None:
-                self.storage.apply_snapshot(rd.snapshot)
-            if rd.entries:
-                self.storage.append(rd.entries)
-            if rd.hard_state is not None:
-                self.storage.set_hard_state(rd.hard_state)
-            # 2. send
-            for m in rd.messages:
-                data = base64.b64encode(encode_message(m)).decode("ascii")
-                self.send(m.to, {"type": "raft", "data": data})
-            # 3. apply
-            self._apply(rd)
-            # 4. acknowledge
-            raft.advance(rd)
+        now = trio.current_time()
+        while replica.has_ready():
+            work = replica.ready(now)
+            if work.leader_changed:
+                log.info("%s: %s, leader %s", self.node_id, replica.role, replica.leader)
+            self._send_raft(work.messages)
+            # persist ("durable" = in memory: lin-kv never restarts nodes)
+            if work.snapshot is not None:
+                self.storage.apply_snapshot(work.snapshot)
+            if work.entries:
+                self.storage.append(work.entries)
+            if work.hard_state is not None:
+                self.storage.set_hard_state(work.hard_state)
+            self._send_raft(work.messages_after_persist)
+            self._answer(replica.advance(work, now))
 
-    def _apply(self, rd: Ready) -> None:
-        assert self.raft is not None
-        if rd.snapshot is not None:
-            # Never produced here (no compaction), but handle it for completeness.
-            self.kv.data = json.loads(rd.snapshot.data) if rd.snapshot.data else {}
-            self.applied = rd.snapshot.metadata.index
-        for e in rd.committed_entries:
-            self.applied = e.index
-            if e.type == EntryType.CONF_CHANGE:
-                self.raft.apply_conf_change(decode_conf_change(e.data))
-                continue
-            cmd_id = None
-            result = None
-            if e.data:
-                cmd = json.loads(e.data)
-                cmd_id = cmd["id"]
-                result = self.kv.apply(cmd)
-            proposed = self._proposed_at.pop(e.index, None)
-            if proposed is not None and proposed != cmd_id:
-                # Our entry at this index was overwritten by another leader's:
-                # it can no longer commit anywhere, so the failure is definite.
-                p = self._proposals.pop(proposed, None)
-                if p is not None:
-                    p.reply(error(TEMPORARILY_UNAVAILABLE, "leadership changed; not applied"))
-            if cmd_id is not None and result is not None:
-                p = self._proposals.pop(cmd_id, None)
-                if p is not None:
-                    p.reply(result)
-        for rs in rd.read_states:
-            p = self._reads.get(rs.ctx)
+    def _send_raft(self, messages: tuple[Message, ...]) -> None:
+        for m in messages:
+            data = base64.b64encode(encode_message(m)).decode("ascii")
+            self.send(m.to, {"type": "raft", "data": data})
+
+    def _answer(self, done: Done) -> None:
+        for a in done.applied:
+            p = self._proposals.pop(a.request_id, None)
+            if p is None:
+                continue  # another node's request, or one that timed out
+            if isinstance(a.outcome, dict):
+                p.reply(a.outcome)
+            else:  # the machine refused it: a no-op everywhere, so definite
+                p.reply(error(MALFORMED_REQUEST, f"applied as a no-op: {a.error}"))
+        for ctx in done.reads:
+            p = self._reads.pop(ctx, None)
             if p is not None:
-                p.read_index = rs.index
-        self._serve_reads()
-
-    def _serve_reads(self) -> None:
-        ready = [
-            ctx
-            for ctx, p in self._reads.items()
-            if p.read_index is not None and p.read_index <= self.applied
-        ]
-        for ctx in ready:
-            p = self._reads.pop(ctx)
-            p.reply(self.kv.read(p.key))
+                p.reply(self.kv.read(p.key))
 
     # -- tasks -------------------------------------------------------------
 

@@ -90,6 +90,43 @@ async def views(cluster: Cluster) -> dict[str, tuple]:
     return seen
 
 
+async def send(channel: Channel, sender: str, to: str, messages: list[Message]) -> None:
+    """One RaftTransport.Send batch, as a member (or someone claiming to be one) sends it."""
+    async with channel.stream(channel.stub.Send) as stream:
+        batch = pb.RaftBatch(
+            **{"from": sender}, to=to, messages=[encode_message(m) for m in messages]
+        )
+        await stream.send(batch, end=True)
+        await stream.recv()
+
+
+async def refused_send(channel: Channel, messages: list[Message], status: Status) -> None:
+    """The batch is refused on its headers: the status, or a reset if the refusal
+    came before the request was sent whole."""
+    with pytest.raises(REFUSED) as raised:
+        await send(channel, messages[0].from_, messages[0].to, messages)
+    assert not isinstance(raised.value, GRPCError) or raised.value.status is status, raised.value
+
+
+def forwarded(sender: str, to: str, *entries: bytes, conf_change: bool = False) -> Message:
+    """A proposal forwarded by a follower: a PROP message, as its core sends one."""
+    kind = EntryType.CONF_CHANGE if conf_change else EntryType.NORMAL
+    return Message(
+        MessageType.PROP,
+        to=to,
+        from_=sender,
+        entries=tuple(Entry(term=0, index=0, type=kind, data=e) for e in entries),
+    )
+
+
+async def logged(cluster: Cluster, node_id: str, text: str, count: int = 1) -> None:
+    """Wait (bounded) until ``node_id``'s log holds ``text`` ``count`` times."""
+    log = cluster.nodes[node_id].log_path
+    with trio.fail_after(10):
+        while log.read_text(errors="replace").count(text) < count:
+            await trio.sleep(0.02)
+
+
 async def grant(cluster: Cluster) -> epb.Leader:
     channel = cluster.election_channel("n1")
     try:
@@ -135,24 +172,24 @@ async def test_a_stranger_without_credentials_changes_nothing(cluster: Cluster):
         )
     finally:
         admin.close()
+    # A forged expiry of the fresh lease, forwarded as a follower would.
+    expire = forwarded(
+        follower, leader, encode_command(Expire(ELECTION, granted.fencing_token, 0), "")
+    )
+    poison = forwarded(follower, leader, b"not a command")
     # The client port does not serve the Raft transport at all.
     raft_on_client_port = client_channel(cluster, leader, cluster_grpc.RaftTransportStub)
     try:
-        await refused(
-            raft_on_client_port, "Propose", pb.ProposeRequest(data=b"x"), Status.UNIMPLEMENTED
-        )
+        await refused_send(raft_on_client_port, [expire], Status.UNIMPLEMENTED)
     finally:
         raft_on_client_port.close()
 
     # The peer port without the key: every call is UNAUTHENTICATED.
-    expire = encode_command(Expire(ELECTION, granted.fencing_token, 0), "")
     stranger = peer_channel(cluster, leader, cluster_grpc.RaftTransportStub)
     stranger_admin = peer_channel(cluster, leader, cluster_grpc.ClusterStub)
     try:
-        await refused(stranger, "Propose", pb.ProposeRequest(data=expire), Status.UNAUTHENTICATED)
-        await refused(
-            stranger, "Propose", pb.ProposeRequest(data=b"not a command"), Status.UNAUTHENTICATED
-        )
+        await refused_send(stranger, [expire], Status.UNAUTHENTICATED)
+        await refused_send(stranger, [poison], Status.UNAUTHENTICATED)
         await refused(
             stranger_admin,
             "MemberRemove",
@@ -183,7 +220,7 @@ async def test_a_stranger_without_credentials_changes_nothing(cluster: Cluster):
         cluster, leader, cluster_grpc.RaftTransportStub, write_secret(cluster.root / "wrong.key")
     )
     try:
-        await refused(wrong, "Propose", pb.ProposeRequest(data=expire), Status.UNAUTHENTICATED)
+        await refused_send(wrong, [expire], Status.UNAUTHENTICATED)
     finally:
         wrong.close()
 
@@ -192,40 +229,38 @@ async def test_a_stranger_without_credentials_changes_nothing(cluster: Cluster):
 
 
 async def test_a_member_cannot_forward_what_only_the_leader_may_propose(cluster: Cluster):
+    """Proposals travel in Raft's messages (PROP); the leader checks each one
+    as if a client had sent it, drops the refused ones and says why."""
     leader, _ = await cluster.start(3)
     granted = await grant(cluster)
     before = (("holder", granted.fencing_token, 30_000), ("n1", "n2", "n3"))
+    follower = next(i for i in cluster.nodes if i != leader)
     member = peer_channel(cluster, leader, cluster_grpc.RaftTransportStub, cluster.key_file)
-    try:
+    refusals = [
         # An Expire of a fresh lease: only the leader decides expiry.
-        expire = encode_command(Expire(ELECTION, granted.fencing_token, 0), "")
-        message = await refused(
-            member, "Propose", pb.ProposeRequest(data=expire), Status.PERMISSION_DENIED
-        )
-        assert "Expire" in message
+        (encode_command(Expire(ELECTION, granted.fencing_token, 0), ""), False, "Expire"),
         # Bytes that are no command would poison every log that committed them.
-        await refused(
-            member, "Propose", pb.ProposeRequest(data=b"not a command"), Status.INVALID_ARGUMENT
-        )
-        # A grant that skips validation: a 46-day TTL and a control character.
-        bad = [
-            Acquire("other", "w1", 46 * 24 * 3600 * 1000),
-            Acquire("bad\x07name", "w1", 5000),
-            Acquire("other", "w1", 5000, value=b"v" * 5000),
-        ]
-        for command in bad:
-            await refused(
+        (b"not a command", False, "data:"),
+        # Grants that skip validation: a 46-day TTL, a control character, 5 KB.
+        (encode_command(Acquire("other", "w1", 46 * 24 * 3600 * 1000), ""), False, "ttl_ms"),
+        (encode_command(Acquire("bad\x07name", "w1", 5000), ""), False, "election"),
+        (encode_command(Acquire("other", "w1", 5000, value=b"v" * 5000), ""), False, "value"),
+        # A membership change that does not decode.
+        (b"\xff\x00", True, "not a membership change"),
+    ]
+    try:
+        for count, (data, conf_change, why) in enumerate(refusals, start=1):
+            await send(
                 member,
-                "Propose",
-                pb.ProposeRequest(data=encode_command(command, "")),
-                Status.INVALID_ARGUMENT,
+                follower,
+                leader,
+                [forwarded(follower, leader, data, conf_change=conf_change)],
             )
-        await refused(
-            member,
-            "Propose",
-            pb.ProposeRequest(data=b"\xff\x00", conf_change=True),
-            Status.INVALID_ARGUMENT,
-        )
+            refused_line = f"proposal forwarded by {follower} refused"
+            await logged(cluster, leader, refused_line, count)
+            log = cluster.nodes[leader].log_path.read_text(errors="replace")
+            line = [text for text in log.splitlines() if refused_line in text][count - 1]
+            assert why in line, (why, line)
     finally:
         member.close()
     await agreed_views(cluster, before)

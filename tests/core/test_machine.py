@@ -809,3 +809,22 @@ def test_the_same_campaign_applied_twice_keeps_its_place_and_is_not_superseded()
     assert again.superseded == () and m.waiting(E) == 2
     out = m.apply(Release(E, "n1"), 0.2)
     assert [w for w, _ in out.granted] == ["w2"]
+
+
+def test_a_conditional_release_never_ends_a_lease_renewed_since() -> None:
+    """A node gives back a grant made to a Campaign whose call is gone with
+    ``renewals=0``. If the same node_id took the lease up meanwhile (a refresh
+    or a heartbeat), that release must be a no-op: the client believes it
+    holds the election. (Found by the election simulation, three_nodes seed
+    19, when the give-back was unconditional: two holders.)"""
+    m = ElectionMachine()
+    granted = m.apply(campaign("w1", "n1/b/1"), 0.0, 1).holder
+    assert granted is not None
+    assert m.apply(acquire("w1"), 0.1, 2).success  # the node_id takes it up: a refresh
+    give_back = Release(E, "w1", granted.fencing_token, renewals=0)
+    assert not m.apply(give_back, 0.2, 3).success
+    assert m.holder(E) is not None and m.holder(E).fencing_token == granted.fencing_token
+    # Not renewed since: the same release ends it.
+    other = m.apply(campaign("w2", "n1/b/2", election="f"), 0.0, 4).holder
+    assert m.apply(Release("f", "w2", other.fencing_token, renewals=0), 0.3, 5).success
+    assert m.holder("f") is None

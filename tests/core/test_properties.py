@@ -183,6 +183,7 @@ class Model:
                 lease is not None
                 and lease.node_id == cmd.node_id
                 and cmd.fencing_token in (0, lease.token)
+                and cmd.renewals in (-1, lease.renewals)
             ):
                 return self._end(e, EventKind.RELEASED, now, index)
             return Outcome(False, self.view(e))
@@ -200,7 +201,7 @@ class Model:
                 queue.remove(found[0])
                 if not queue:
                     del self.queues[e]
-            return Outcome(bool(found), self.view(e))
+            return Outcome(bool(found), self.view(e), cancelled=(cmd.waiter,) if found else ())
         if isinstance(cmd, Promote):
             if lease is not None or not self.queues.get(e):
                 return Outcome(False, self.view(e))
@@ -543,6 +544,8 @@ actions_st = st.lists(
         renew_st,
         st.tuples(st.just("renew"), election_st, st.none(), st.just("right")),
         st.tuples(st.just("release"), election_st, node_st, token_kind_st),
+        # A node giving back a grant nobody waits for: only if not renewed since.
+        st.tuples(st.just("give_back"), election_st, node_st, token_kind_st),
         st.tuples(st.just("cancel"), st.integers(0, 1000)),
         st.tuples(st.just("advance"), st.integers(0, 150)),
         st.tuples(st.just("advance"), st.integers(0, 1500)),
@@ -565,6 +568,10 @@ def run_actions(h: Harness, actions: list[tuple]) -> None:
             node = h.node_for(e, node)
             token = h.token_for(e, node, token_kind)
             h.apply((Renew if kind == "renew" else Release)(e, node, token))
+        elif kind == "give_back":
+            _, e, node, token_kind = action
+            node = h.node_for(e, node)
+            h.apply(Release(e, node, h.token_for(e, node, token_kind), renewals=0))
         elif kind == "cancel":
             if h.waiters:
                 e, waiter = h.waiters[action[1] % len(h.waiters)]

@@ -42,12 +42,12 @@ from trio_election.raft import (
     ConfChangeType,
     ProposalDropped,
     RaftError,
-    Ready,
     Role,
     decode_message,
     describe_entry,
     describe_message,
 )
+from trio_election.replica import Work
 from trio_election.testing import Cluster
 
 
@@ -133,7 +133,8 @@ class Interpreter:
 
     # -- tracing -------------------------------------------------------------
 
-    def _on_ready(self, node: str, rd: Ready) -> None:
+    def _on_ready(self, node: str, work: Work) -> None:
+        rd = work.ready
         if self.quiet:
             return
         self.emit(f"> {node} handling Ready")
@@ -156,9 +157,9 @@ class Interpreter:
             self.emit("  CommittedEntries:")
             for e in rd.committed_entries:
                 self.emit(f"  {describe_entry(e)}")
-        if rd.messages:
+        if rd.messages or rd.messages_after_persist:
             self.emit("  Messages:")
-            for m in rd.messages:
+            for m in (*rd.messages, *rd.messages_after_persist):
                 self.emit(f"  {describe_message(m)}")
         for rs in rd.read_states:
             self.emit(f"  ReadState Index:{rs.index} Ctx:{rs.ctx.decode()}")
@@ -337,7 +338,9 @@ class Interpreter:
         assert index <= sn.applied, f"cannot compact at {index} > applied {sn.applied}"
         # The snapshot is of the current applied state; the log is cut at index.
         if sn.applied > sn.disk.snapshot().metadata.index:
-            sn.disk.create_snapshot(sn.applied, sn.conf_state, sn.sm.snapshot())
+            applied, conf_state, image = sn.live().snapshot_image()
+            sn.disk.create_snapshot(applied, conf_state, image)
+            sn.live().snapshotted(applied)
         sn.disk.compact(index)
         self.emit(f"{sn.id}: snapshot+compact at {index}, first index {sn.disk.first_index()}")
 

@@ -56,6 +56,7 @@ def drain(node: RawNode, st: MemoryStorage) -> list[Message]:
         if rd.hard_state is not None:
             st.set_hard_state(rd.hard_state)
         out.extend(rd.messages)
+        out.extend(rd.messages_after_persist)
         node.advance(rd)
     return out
 
@@ -112,7 +113,10 @@ def test_one_durable_vote_per_term_first_come_first_served() -> None:
     node.step(Message(type=MT.VOTE, from_="n2", to="n1", term=2, index=1, log_term=1))
     rd = node.ready()
     assert rd.hard_state == HardState(term=2, vote="n2", commit=1)
-    assert [(m.type, m.to, m.reject) for m in rd.messages] == [(MT.VOTE_RESP, "n2", False)]
+    assert rd.messages == ()  # nothing may leave before the vote is on disk
+    assert [(m.type, m.to, m.reject) for m in rd.messages_after_persist] == [
+        (MT.VOTE_RESP, "n2", False)
+    ]
     st.set_hard_state(rd.hard_state)
     node.advance(rd)
     node.step(Message(type=MT.VOTE, from_="n3", to="n1", term=2, index=1, log_term=1))
@@ -242,5 +246,41 @@ def test_messages_wait_for_persistence_of_their_ready() -> None:
     )  # fmt: skip
     rd = node.ready()
     assert [e.index for e in rd.entries] == [2]
-    assert [(m.type, m.index) for m in rd.messages] == [(MT.APP_RESP, 2)]
+    assert rd.messages == ()
+    assert [(m.type, m.index) for m in rd.messages_after_persist] == [(MT.APP_RESP, 2)]
     assert st.last_index() == 1  # nothing was written behind our back
+
+
+def test_a_leader_may_send_its_appends_before_its_own_write() -> None:
+    """The core, not the runtime, says what may leave before the write
+    (etcd-io/raft's msgsAfterAppend): a leader's appends promise nothing about
+    its disk, and its own copy counts toward a commit only once persisted."""
+    node, st = make_node()
+    elect(node, st)
+    term = node.status().term
+    for peer in ("n2", "n3"):  # both have the new leader's empty entry: replicating
+        node.step(Message(type=MT.APP_RESP, from_=peer, to="n1", term=term, index=2))
+    drain(node, st)
+    node.propose(b"x")
+    rd = node.ready()
+    assert [e.data for e in rd.entries] == [b"x"]
+    assert sorted((m.type, m.to) for m in rd.messages) == [(MT.APP, "n2"), (MT.APP, "n3")]
+    assert rd.messages_after_persist == ()
+    st.append(rd.entries)
+    node.advance(rd)
+    assert node.status().commit < 3  # its own durable copy alone is no quorum
+    node.step(Message(type=MT.APP_RESP, from_="n2", to="n1", term=term, index=3))
+    drain(node, st)
+    assert node.status().commit == 3
+
+
+def test_a_candidate_sends_nothing_before_its_term_and_vote_are_on_disk() -> None:
+    """This core counts a candidate's own vote at once, so its vote requests wait
+    for the write of the term and vote: a crash before it cannot leave a
+    leader whose term a restarted self could vote in again."""
+    node, _ = make_node(pre_vote=False)
+    node.campaign()
+    rd = node.ready()
+    assert rd.hard_state is not None and rd.hard_state.vote == "n1"
+    assert rd.messages == ()
+    assert sorted(m.type for m in rd.messages_after_persist) == [MT.VOTE, MT.VOTE]

@@ -11,13 +11,14 @@ One seed: ``RAFT_SIM_SEED=123 pytest tests/raft/test_simulation.py -k five``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from trio_election.raft import ConfChange, ConfChangeType
+from trio_election.raft import ConfChange, ConfChangeType, RawNode, Ready
 from trio_election.testing import SimOptions, Simulation
 
 PROFILES: dict[str, tuple[SimOptions, int]] = {
@@ -44,6 +45,9 @@ PROFILES: dict[str, tuple[SimOptions, int]] = {
     "membership_churn": (SimOptions(nodes=3, membership=0.03, max_voters=5), 30),
     "no_prevote_no_checkquorum": (SimOptions(nodes=3, pre_vote=False, check_quorum=False), 20),
     "snapshot_heavy": (SimOptions(nodes=3, snapshot_every=4, crash=0.01), 20),
+    # Crashes in the middle of a Ready: after the first sends, before or after
+    # the write. The leader's appends leave before its write.
+    "crash_mid_ready": (SimOptions(nodes=3, crash_in_ready=0.1, restart=0.2), 30),
 }
 
 #: (profile, seed) pairs that once failed; they always run.
@@ -223,3 +227,31 @@ TestClusterMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_the_simulation_catches_acknowledgements_sent_before_the_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mutation of the shipped core: every message of a Ready may leave at once.
+
+    The runtime sends ``messages`` while it writes and ``messages_after_persist``
+    after; if votes and append acknowledgements went early, a crash before the
+    write would lose what they promised. The simulation runs the real replica
+    and core, so it must catch this.
+    """
+    ready = RawNode.ready
+
+    def send_everything_at_once(self: RawNode) -> Ready:
+        rd = ready(self)
+        everything = rd.messages + rd.messages_after_persist
+        return dataclasses.replace(rd, messages=everything, messages_after_persist=())
+
+    monkeypatch.setattr(RawNode, "ready", send_everything_at_once)
+    opts, _ = PROFILES["crash_mid_ready"]
+    for seed in range(40):
+        try:
+            Simulation(seed, SimOptions(**vars(opts))).run()
+        except AssertionError as e:
+            print(f"caught at seed {seed}: {e}")
+            return
+    pytest.fail("acknowledgements sent before the write survived 40 seeds")

@@ -6,14 +6,20 @@ Maelstrom's network that routes JSON lines by ``dest`` and can partition).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import random
 import subprocess
 import sys
+import types
+from collections.abc import Callable
 
 import pytest
 import trio
 from maelstrom_driver import ADAPTER, MaelstromCluster, open_cluster
+
+from trio_election._errors import InvalidArgument
 
 NODES = ["n1", "n2", "n3"]
 TIMEOUT = 0  # Maelstrom: indefinite
@@ -231,3 +237,105 @@ async def test_uninitialised_node_and_eof(tmp_path) -> None:
         proc.kill()
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await proc.wait()
+
+
+def load_adapter() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("maelstrom_node", ADAPTER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kv_machine() -> None:
+    kv = load_adapter().KVMachine()
+    cmd = {"op": "cas", "key": [1], "from": 0, "to": 1, "create_if_not_exists": True, "id": "r1"}
+    kv.check_forwarded(json.dumps(cmd).encode())
+    assert kv.request_id(json.dumps(cmd).encode()) == "r1"
+    applied = kv.apply(json.dumps(cmd).encode(), 1, 0.0)
+    assert (applied.request_id, applied.outcome) == ("r1", {"type": "cas_ok"})
+    for bad in (b"nope", b"[]", b'{"op": "write", "key": 1, "id": "r2"}', b'{"op": "x", "id": ""}'):
+        with pytest.raises(InvalidArgument):
+            kv.check_forwarded(bad)
+        assert kv.request_id(bad) == ""
+        assert kv.apply(bad, 2, 0.0).request_id == ""  # a logged no-op, never a crash
+    image = kv.dump()
+    other = load_adapter().KVMachine()
+    other.load(image, 0.0)
+    assert other.read([1]) == {"type": "read_ok", "value": 1}
+    assert kv.due(0.0) == []
+
+
+class InProcessNet:
+    """Adapter nodes in this process, stepped by hand: time stands still."""
+
+    def __init__(self, node_ids: list[str]) -> None:
+        adapter = load_adapter()
+        self.nodes = {}
+        self.outs = {}
+        for nid in node_ids:
+            send, receive = trio.open_memory_channel[str](math.inf)
+            self.nodes[nid] = adapter.MaelstromNode(send)
+            self.outs[nid] = receive
+        self.blocked: set[tuple[str, str]] = set()
+        self.replies: list[dict] = []
+        for nid in node_ids:
+            self.request(nid, {"type": "init", "node_id": nid, "node_ids": node_ids})
+
+    def request(self, dest: str, body: dict) -> None:
+        self.nodes[dest].handle_line(json.dumps({"src": "c1", "dest": dest, "body": body}).encode())
+        self.deliver()
+
+    def deliver(self) -> None:
+        moved = True
+        while moved:
+            moved = False
+            for nid, node in self.nodes.items():
+                node.process_ready()
+                while True:
+                    try:
+                        line = self.outs[nid].receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    moved = True
+                    msg = json.loads(line)
+                    if msg["dest"] not in self.nodes:
+                        self.replies.append(msg["body"])
+                    elif (nid, msg["dest"]) not in self.blocked:
+                        self.nodes[msg["dest"]].handle_line(line.encode())
+
+    def tick_until(self, done: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if done():
+                return
+            for node in self.nodes.values():
+                node.tick()
+            self.deliver()
+        raise AssertionError("condition never reached")
+
+    def leaders(self) -> set[str]:
+        return {n for n, node in self.nodes.items() if node.replica.role.name == "LEADER"}
+
+
+async def test_a_write_lost_with_its_leader_is_proposed_again(mock_clock) -> None:
+    """Time stands still, so no request times out: the retry is the replica's."""
+    net = InProcessNet(NODES)
+    net.tick_until(lambda: len(net.leaders()) == 1)
+    (old,) = net.leaders()
+    rest = followers_of(old)
+    net.blocked = {(a, b) for a in NODES for b in NODES if (a == old) != (b == old)}
+    net.request(old, {"type": "write", "key": "x", "value": "retried", "msg_id": 1})
+    net.tick_until(lambda: bool(net.leaders() & set(rest)) and old not in net.leaders())
+    # The deposed leader knows no leader: definite 11, and it is never proposed.
+    net.request(old, {"type": "write", "key": "x", "value": "never", "msg_id": 2})
+    reply = net.replies[-1]
+    assert (reply["in_reply_to"], reply["code"]) == (2, UNAVAILABLE), reply
+    net.blocked = set()
+    net.tick_until(lambda: any(r.get("in_reply_to") == 1 for r in net.replies))
+    (reply,) = [r for r in net.replies if r.get("in_reply_to") == 1]
+    assert reply["type"] == "write_ok", reply
+    net.tick_until(lambda: len({n.replica.applied for n in net.nodes.values()}) == 1)
+    for msg_id, node in enumerate(NODES, 3):
+        net.request(node, {"type": "read", "key": "x", "msg_id": msg_id})
+        assert net.replies[-1]["value"] == "retried", (node, net.replies[-1])

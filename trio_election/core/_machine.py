@@ -190,6 +190,7 @@ class ElectionMachine:
             lease is None
             or not lease.held_by(cmd.node_id, cmd.owner)
             or cmd.fencing_token not in (0, lease.token)
+            or cmd.renewals not in (-1, lease.renewals)
         ):
             return Outcome(False, None if lease is None else self._view(cmd.election, lease))
         return self._end(cmd.election, lease, EventKind.RELEASED, now, index)
@@ -216,7 +217,8 @@ class ElectionMachine:
                     break
             if not queue:
                 del self._queues[cmd.election]
-        return Outcome(found, self.holder(cmd.election))
+        cancelled = (cmd.waiter,) if found else ()
+        return Outcome(found, self.holder(cmd.election), cancelled=cancelled)
 
     def _promote(self, cmd: Promote, now: float, index: int) -> Outcome:
         if cmd.election in self._leases or not self._queues.get(cmd.election):
@@ -255,6 +257,12 @@ class ElectionMachine:
             self._grace_until = -math.inf
             commands.extend(Promote(e) for e in list(self._queues) if e not in self._leases)
         return commands
+
+    def waiters(self) -> Iterable[tuple[str, str]]:
+        """``(election, waiter)`` for every Campaign waiting, in no particular order."""
+        for election, queue in self._queues.items():
+            for waiting in queue:
+                yield election, waiting.waiter
 
     def refresh_all(self, now: float) -> None:
         """Give every lease its full TTL from ``now`` (a new Raft leader does this)."""

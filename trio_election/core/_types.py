@@ -42,12 +42,19 @@ class Renew:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """ReleaseLeadership. ``fencing_token`` 0 matches by node_id alone."""
+    """ReleaseLeadership. ``fencing_token`` 0 matches by node_id alone.
+
+    ``renewals`` (when not -1) makes it conditional, like an Expire: a no-op if
+    the lease was renewed or refreshed since it had that many renewals. A node
+    gives back a grant made to a Campaign whose call is gone with
+    ``renewals=0``, so that it never ends a lease its node_id took up since.
+    """
 
     election: str
     node_id: str
     fencing_token: int = 0
     owner: str = ""
+    renewals: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +143,7 @@ class Outcome:
             same node_id.
         persist: True when the durable state (holders, token high-water mark)
             changed, so a reply that reports a grant must wait for the disk.
+        cancelled: Waiters a CancelWait took out of the queue.
     """
 
     success: bool
@@ -144,3 +152,4 @@ class Outcome:
     granted: tuple[tuple[str, Holder], ...] = ()
     superseded: tuple[str, ...] = ()
     persist: bool = False
+    cancelled: tuple[str, ...] = ()

@@ -303,9 +303,14 @@ class Raft(ElectionMixin, LeaderMixin):
     def _step_follower(self, m: Message) -> None:
         t = m.type
         if t == MT.PROP:
-            raise ProposalDropped(
-                f"{self.id} is not the leader (leader: {self.lead}, term {self.term})"
-            )
+            # Our own proposal goes to the leader; one forwarded to us by a
+            # node that took us for the leader is dropped (its sender retries).
+            if self.lead is None or m.from_ != self.id:
+                raise ProposalDropped(
+                    f"{self.id} is not the leader (leader: {self.lead}, term {self.term})"
+                )
+            self._send(dataclasses.replace(m, to=self.lead))
+            return
         if t in (MT.APP, MT.HEARTBEAT, MT.SNAP):
             self.election_elapsed = 0
             self.lead = m.from_

@@ -7,12 +7,18 @@ The application drives a node with a single loop, never concurrently::
     node.propose(b"...")             # on the leader
     while node.has_ready():
         rd = node.ready()
-        storage.apply_snapshot(rd.snapshot)      # 1. persist (if any) ...
+        send(rd.messages)                        # 1. may go at once (even
+                                                 #    while the write runs)
+        storage.apply_snapshot(rd.snapshot)      # 2. persist (if any) ...
         storage.append(rd.entries)               #    ...
         storage.set_hard_state(rd.hard_state)    #    ... and fsync
-        send(rd.messages)                        # 2. only then send
-        apply(rd.snapshot, rd.committed_entries) # 3. apply to the state machine
-        node.advance(rd)                         # 4. acknowledge
+        send(rd.messages_after_persist)          # 3. only then send these
+        apply(rd.snapshot, rd.committed_entries) # 4. apply to the state machine
+        node.advance(rd)                         # 5. acknowledge
+
+Which message may go before the write is decided here, as etcd-io/raft's
+``msgsAfterAppend`` does, so that every runtime (and the simulation) orders
+them the same way.
 
 No ``tick``/``step``/``propose`` may happen between ``ready()`` and
 ``advance()``.
@@ -46,6 +52,10 @@ from ._types import (
     SoftState,
 )
 
+#: Messages that promise this node's durable state: sent only after the
+#: Ready that made them is persisted (etcd-io/raft's ``msgsAfterAppend``).
+_AFTER_PERSIST = frozenset({MessageType.APP_RESP, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP})
+
 
 @dataclass(frozen=True, slots=True)
 class Ready:
@@ -59,9 +69,18 @@ class Ready:
         snapshot: a snapshot to persist (and to restore the state machine
             from), or None. Persist it before ``entries``.
         committed_entries: durable, committed entries to apply, in order.
-        messages: outbound messages. Send them only **after** ``snapshot``,
-            ``entries`` and ``hard_state`` are durably written (fsynced):
-            votes and acknowledgements promise durable state.
+        messages: outbound messages that may be sent at once, before (or
+            while) this Ready is persisted: they promise nothing about this
+            node's disk. A leader's appends are among them; its own copy of
+            the entries counts toward a commit only once ``advance`` says they
+            are durable.
+        messages_after_persist: outbound messages to send only **after**
+            ``snapshot``, ``entries`` and ``hard_state`` are durably written
+            (fsynced): acknowledgements of appends and votes promise durable
+            state. When this Ready changes the term or the vote, every message
+            is here (this core counts a candidate's vote for itself at once,
+            so nothing it sends in a term may leave before that term and vote
+            are on disk).
         read_states: answers to ``read_index`` calls; serve a read once the
             applied index reaches ``ReadState.index``.
     """
@@ -72,6 +91,7 @@ class Ready:
     snapshot: Snapshot | None = None
     committed_entries: tuple[Entry, ...] = ()
     messages: tuple[Message, ...] = ()
+    messages_after_persist: tuple[Message, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     #: Whether the write must be fsynced: entries, a snapshot, or a new term
     #: or vote. A hard state whose only change is the commit index need not
@@ -194,29 +214,33 @@ class RawNode:
         except ProposalDropped:
             pass  # a remote request we cannot serve; the sender will retry
 
-    def propose(self, data: bytes) -> None:
-        """Propose ``data`` for appending to the log (leader only).
+    def propose(self, data: bytes, *, forward: bool = False) -> None:
+        """Propose ``data`` for appending to the log.
+
+        On a follower with ``forward``, the proposal goes to the leader it
+        knows, as a PROP message in ``Ready.messages`` (etcd-io/raft forwards
+        ``MsgProp`` the same way); it may be lost on the way, so the caller
+        retries until it sees the entry applied.
 
         Raises:
-            ProposalDropped: not the leader, no leader, transfer in progress,
-                or this node was removed.
+            ProposalDropped: not the leader (and not forwarding), no leader,
+                transfer in progress, or this node was removed.
         """
-        self._propose(Entry(term=0, index=0, type=EntryType.NORMAL, data=bytes(data)))
+        self._propose(Entry(term=0, index=0, type=EntryType.NORMAL, data=bytes(data)), forward)
 
-    def propose_conf_change(self, cc: ConfChange) -> None:
-        """Propose a single-server membership change (leader only).
+    def propose_conf_change(self, cc: ConfChange, *, forward: bool = False) -> None:
+        """Propose a single-server membership change (as :meth:`propose`).
 
         Raises:
             ProposalDropped: as :meth:`propose`, or another conf change is
                 still pending (not yet applied).
         """
-        self._propose(
-            Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=encode_conf_change(cc))
-        )
+        entry = Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=encode_conf_change(cc))
+        self._propose(entry, forward)
 
-    def _propose(self, e: Entry) -> None:
+    def _propose(self, e: Entry, forward: bool) -> None:
         r = self._raft
-        if r.role != Role.LEADER:
+        if r.role != Role.LEADER and not (forward and r.role == Role.FOLLOWER):
             raise ProposalDropped(f"{r.id} is not the leader (leader: {r.lead}, term {r.term})")
         r.step(Message(type=MessageType.PROP, from_=r.id, entries=(e,)))
 
@@ -290,17 +314,22 @@ class RawNode:
         prev = self._prev_hard
         entries = tuple(r.log.unstable.entries)
         snapshot = r.log.unstable.snapshot
+        vote_changed = (hard.term, hard.vote) != (prev.term, prev.vote)
+        if vote_changed:
+            now, after = (), tuple(r.msgs)
+        else:
+            now = tuple(m for m in r.msgs if m.type not in _AFTER_PERSIST)
+            after = tuple(m for m in r.msgs if m.type in _AFTER_PERSIST)
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != prev and hard != HardState() else None,
             entries=entries,
             snapshot=snapshot,
             committed_entries=tuple(r.log.next_committed_entries()),
-            messages=tuple(r.msgs),
+            messages=now,
+            messages_after_persist=after,
             read_states=tuple(r.read_states),
-            must_sync=bool(entries)
-            or snapshot is not None
-            or (hard.term, hard.vote) != (prev.term, prev.vote),
+            must_sync=bool(entries) or snapshot is not None or vote_changed,
         )
         # Messages and read states are handed over now; durable state is only
         # acknowledged in advance().

@@ -65,12 +65,12 @@ class MessageType(enum.IntEnum):
 
 
 #: Message types that are only ever created locally and must not arrive
-#: from the network (``RawNode.step`` refuses them).
+#: from the network (``RawNode.step`` refuses them). PROP may: a follower
+#: forwards its proposals to the leader (``RawNode.propose(forward=True)``).
 LOCAL_MESSAGE_TYPES = frozenset(
     {
         MessageType.HUP,
         MessageType.BEAT,
-        MessageType.PROP,
         MessageType.UNREACHABLE,
         MessageType.SNAP_STATUS,
         MessageType.CHECK_QUORUM,

@@ -1,34 +1,30 @@
-"""A node of a Raft cluster: the election machine, replicated through the log.
+"""A node of a Raft cluster: Trio tasks around a sans-IO :class:`~trio_election.replica.Replica`.
 
-Theory of operation
--------------------
-Every command a client sends (grant, renewal, release, campaign, expiry) is
-an entry in the Raft log; every node applies the committed entries, in order,
-to its own :class:`~trio_election.core.ElectionMachine`, so all machines agree.
+Every decision (what a tick proposes, what a new leader does, the order of a
+Ready's sends and writes, how committed entries and forwarded proposals are
+checked and applied) is the replica's, and the simulation runs the same
+replica. This module only keeps time and moves bytes:
 
-* The ticker ticks the Raft core every ``tick_s``. On the Raft leader it also
-  asks the machine which leases have run out (``due``) and proposes an
-  Expire for each, naming the token and renewal count it saw: a renewal that
-  commits first wins. Only the leader expires, and a node that becomes leader
-  first gives every lease its full TTL again (``refresh_all``), since it
-  cannot know when the old leader last renewed them (docs/design.md, promise 3).
-* The ready loop handles each Ready in the order the core requires: persist
-  (hard state, entries, snapshot: one SQLite transaction, in a worker
-  thread) BEFORE sending the messages that depend on them; then apply the
-  committed entries, answer reads, and ``advance``.
-* ``execute`` proposes a command under a request id and waits until this node
-  applies the entry with that id; a follower hands the command to the leader
-  (``RaftTransport.Propose``) and still waits for its own apply, so the
-  reply reflects this node's state. No commit within ``request_timeout_s``
-  (no leader, no quorum): UNAVAILABLE.
-* ``read`` is linearizable: a ReadIndex round confirms leadership with a
-  quorum, then the read waits until this node has applied that index.
+* the ticker calls ``replica.tick(now)`` every ``tick_s``;
+* the ready loop carries out each :class:`~trio_election.replica.Work`: send
+  ``messages``, persist (one SQLite transaction, in a worker thread when it
+  must be fsynced), send ``messages_after_persist``, ``advance``, then wakes
+  the waiters the :class:`~trio_election.replica.Done` names;
+* ``execute`` submits a command under a request id and waits until this node
+  applies the entry with that id; on a follower the replica forwards it to
+  the leader in Raft's own messages, and proposes it again if it is lost, so
+  the reply reflects this node's state. No commit within
+  ``request_timeout_s`` (no leader, no quorum): UNAVAILABLE.
+* ``read`` is linearizable: a ReadIndex round, then this node's apply.
+
+Trio code and asyncio code meet only in :class:`~trio_election._bridge.Waiter`:
+the gRPC handlers (asyncio) await it, everything here (Trio) sets it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import logging
 import random
 import secrets
@@ -37,28 +33,21 @@ from itertools import count
 import trio
 
 from .._bridge import Waiter
-from .._errors import ElectionError, InvalidArgument, Unavailable
-from .._generated.v1 import cluster_pb2
+from .._errors import StartupError, Unavailable
 from ..client._transport import parse_endpoint
 from ..core import Command, ElectionMachine, Holder, Limits, Outcome
-from ..core._codec import CodecError, decode_command, dump_machine, encode_command, load_machine
+from ..core._codec import encode_command
 from ..raft import (
-    CodecError as RaftCodecError,
     ConfChange,
     ConfChangeType,
     Config,
-    ConfState,
-    Entry,
-    EntryType,
+    Message,
     ProposalDropped,
     RaftError,
     RawNode,
-    Ready,
     Role,
-    Snapshot,
-    decode_conf_change,
-    encode_conf_change,
 )
+from ..replica import Done, Elections, Replica, Work
 from ._cluster_client import add_member
 from ._config import NodeConfig
 from ._hub import Hub, HubClient
@@ -86,14 +75,8 @@ class ClusterNode(HubClient):
         self.id = config.node_id
         self.limits = Limits(config.max_ttl_ms)
         self.clock = clock
-        self.machine = ElectionMachine()
-        self.members: dict[str, str] = {}
-        # Ids removed from the cluster; never reused, and told so if they call.
-        self.removed_members: set[str] = set()
+        self.elections = Elections(self.limits)
         self.closing = False
-        self.leader: str | None = None
-        self.role = Role.FOLLOWER
-        self.applied = 0
         self.removed = trio.Event()
         self._boot = secrets.token_hex(3)
         self.hub = Hub(prefix=f"{self.id}/{self._boot}/")
@@ -101,13 +84,10 @@ class ClusterNode(HubClient):
         self._pending: dict[str, Waiter] = {}
         self._conf_waiters: dict[tuple[ConfChangeType, str], Waiter] = {}
         self._reads: dict[bytes, Waiter] = {}
-        self._read_queue: list[tuple[int, Waiter]] = []
         self._wake = trio.Event()
-        self._conf_state = ConfState()
-        self._snapshot_index = 0
         self._store: RaftStore | None = None
         self._nursery: trio.Nursery | None = None
-        self.raw: RawNode | None = None
+        self.replica: Replica | None = None
         self.peers: Peers | None = None
         self.advertise = ""
         self.cluster_id = ""
@@ -115,40 +95,60 @@ class ClusterNode(HubClient):
         assert config.peer_auth is not None
         self.peer_auth = config.peer_auth
 
+    # -- what the services read -------------------------------------------------
+
+    @property
+    def machine(self) -> ElectionMachine:
+        return self.elections.machine
+
+    @property
+    def raw(self) -> RawNode:
+        return self.replica.raw
+
+    @property
+    def members(self) -> dict[str, str]:
+        return self.replica.members if self.replica is not None else {}
+
+    @property
+    def removed_members(self) -> set[str]:
+        return self.replica.removed_members if self.replica is not None else set()
+
+    @property
+    def leader(self) -> str | None:
+        return self.replica.leader if self.replica is not None else None
+
+    @property
+    def role(self) -> Role:
+        return self.replica.role if self.replica is not None else Role.FOLLOWER
+
+    @property
+    def applied(self) -> int:
+        return self.replica.applied if self.replica is not None else 0
+
     # -- lifetime -----------------------------------------------------------
 
     async def open(self) -> None:
-        """Load the data dir and create the Raft core (before serving).
+        """Load the data dir and create the replica (before serving).
 
         Set ``advertise`` (the address peers reach us at) before ``run``.
         """
         config = self.config
         self._store = store = await trio.to_thread.run_sync(RaftStore, config.data_dir)
-        snapshot = store.snapshot()
-        if not snapshot.is_empty:
-            self._restore(snapshot)
-        self.raw = RawNode(
-            Config(
-                id=self.id,
-                election_tick=10,
-                heartbeat_tick=1,
-                applied=snapshot.metadata.index,
-                rng=random.Random(),
-            ),
+        self.replica = replica = Replica(
             store,
+            self.elections,
+            self.clock(),
+            Config(id=self.id, election_tick=10, heartbeat_tick=1, rng=random.Random()),
+            snapshot_entries=config.snapshot_entries,
         )
         fresh = store.last_index() == 0 and store.initial_state()[0].term == 0
         if fresh and config.initial_cluster:
             if self.id not in config.initial_cluster:
-                raise SystemExit(f"--initial-cluster does not name this node ({self.id})")
-            self.members = dict(config.initial_cluster)
+                raise StartupError(f"--initial-cluster does not name this node ({self.id})")
             store.set_meta("cluster_id", cluster_id_of(config.initial_cluster))
-            self.raw.bootstrap(
-                list(config.initial_cluster),
-                {peer: address.encode() for peer, address in config.initial_cluster.items()},
-            )
+            replica.bootstrap(config.initial_cluster)
         elif fresh and not config.join:
-            raise SystemExit(
+            raise StartupError(
                 f"{config.data_dir} holds no cluster state: give --initial-cluster or --join"
             )
         store.set_meta("node_id", self.id)
@@ -156,7 +156,7 @@ class ClusterNode(HubClient):
         if config.peer_port is None:
             remembered = store.meta("peer_listen")
             if remembered is None:
-                raise SystemExit(
+                raise StartupError(
                     f"give --peer-listen HOST:PORT: {config.data_dir} does not say where "
                     "this member listens for its peers"
                 )
@@ -178,7 +178,7 @@ class ClusterNode(HubClient):
         self._store.set_meta("peer_listen", address)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drive the Raft core until cancelled (or this node is removed)."""
+        """Drive the replica until cancelled (or this node is removed)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -219,12 +219,12 @@ class ClusterNode(HubClient):
             self.config.join,
             ", ".join(sorted(members)),
         )
-        self.members = members
+        self.replica.members = members
         self.cluster_id = cluster_id
         self._store.set_meta("cluster_id", cluster_id)
         self.peers.update(self.members)
 
-    # -- the client interface ------------------------------------------------
+    # -- the client interface (awaited by the asyncio gRPC handlers) -----------
 
     async def execute(self, command: Command) -> Outcome:
         """Propose ``command``; return its outcome once this node applied it.
@@ -238,22 +238,28 @@ class ClusterNode(HubClient):
         waiter = Waiter()
         self._pending[request_id] = waiter
         try:
-            self._propose(encode_command(command, request_id), request_id)
+            with contextlib.suppress(ProposalDropped):  # proposed again once a leader is known
+                self.replica.submit(encode_command(command, request_id), request_id)
+            self._wake.set()
             try:
                 return await waiter.wait(self.config.request_timeout_s)
             except TimeoutError:
                 raise Unavailable(self._why_no_commit()) from None
         finally:
             self._pending.pop(request_id, None)
+            self.replica.forget(request_id)
 
     def submit(self, command: Command) -> None:
-        """Propose ``command`` and do not wait (clean-up paths)."""
+        """Propose ``command`` and do not wait (clean-up paths: a Campaign that
+        leaves the queue, a grant given back); proposed again until applied,
+        for at most the request timeout."""
         if self.closing:
             return
-        try:
-            self._propose(encode_command(command, ""), "")
-        except Unavailable:
-            pass  # a stale waiter expires with its TTL anyway
+        request_id = f"{self.id}/{self._boot}/{next(self._seq)}"
+        ticks = round(self.config.request_timeout_s / self.config.tick_s)
+        with contextlib.suppress(ProposalDropped):  # proposed again once a leader is known
+            self.replica.submit(encode_command(command, request_id), request_id, ticks)
+        self._wake.set()
 
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, linearizably (ReadIndex)."""
@@ -269,7 +275,7 @@ class ClusterNode(HubClient):
         try:
             while True:
                 try:
-                    self.raw.read_index(ctx)
+                    self.replica.read(ctx)
                 except ProposalDropped:  # no Raft leader known: nobody to confirm with
                     raise Unavailable(self._why_no_commit()) from None
                 self._wake.set()
@@ -282,6 +288,7 @@ class ClusterNode(HubClient):
                         raise Unavailable(self._why_no_commit()) from None
         finally:
             self._reads.pop(ctx, None)
+            self.replica.forget_read(ctx)
         return self.machine.holder(election)
 
     # -- membership -----------------------------------------------------------
@@ -304,232 +311,106 @@ class ClusterNode(HubClient):
         return dict(self.members)
 
     def propose_conf_change(self, change: ConfChange) -> None:
-        if self.role is Role.LEADER:
-            try:
-                self.raw.propose_conf_change(change)
-            except (ProposalDropped, RaftError) as exc:
-                raise Unavailable(f"membership change refused: {exc}") from None
-            self._wake.set()
-        else:
-            self._forward(encode_conf_change(change), conf_change=True, request_id="")
+        try:
+            self.replica.propose_conf_change(change)
+        except (ProposalDropped, RaftError) as exc:
+            raise Unavailable(f"membership change refused: {exc}") from None
+        self._wake.set()
 
-    # -- proposals ------------------------------------------------------------
+    # -- from peers --------------------------------------------------------------
 
-    def propose_forwarded(self, data: bytes, conf_change: bool) -> bool:
-        """A follower's proposal arrived; False if this node does not lead.
-
-        The leader checks it again, as if a client had sent it: nothing
-        reaches the log without the limits of a client call, and no command
-        only the leader originates (an Expire) is taken from outside.
+    def step(self, message: Message) -> None:
+        """A Raft message from a member (``RaftTransport.Send`` checked its sender).
 
         Raises:
-            InvalidArgument: the proposal does not decode, or breaks a limit.
-            PermissionDenied: it is not a command a client may cause.
+            InvalidArgument, PermissionDenied: a forwarded proposal that may
+                not be logged (``Replica.step``).
         """
-        if self.role is not Role.LEADER:
-            return False
-        if conf_change:
-            try:
-                change = decode_conf_change(data)
-            except RaftCodecError as exc:
-                raise InvalidArgument("data", f"not a membership change: {exc}") from None
-            self.limits.name("id", change.node_id)
-        else:
-            try:
-                command, request_id = decode_command(data)
-            except CodecError as exc:
-                raise InvalidArgument("data", str(exc)) from None
-            if len(request_id) > 256:
-                raise InvalidArgument("data", "the request id is over 256 characters")
-            self.limits.command(command)
-        try:
-            if conf_change:
-                self.raw.propose_conf_change(change)
-            else:
-                self.raw.propose(data)
-        except (ProposalDropped, RaftError):
-            return False
+        self.replica.step(message)
         self._wake.set()
-        return True
 
     def is_member(self, node_id: str) -> bool:
         """Whether ``node_id`` is a member as of this node's applied state."""
-        return node_id in self.members
+        return self.replica.is_member(node_id)
 
-    def _propose(self, data: bytes, request_id: str) -> None:
-        if self.role is Role.LEADER:
-            try:
-                self.raw.propose(data)
-            except ProposalDropped as exc:
-                raise Unavailable(f"the Raft leader refused the proposal: {exc}") from None
-            self._wake.set()
-        else:
-            self._forward(data, conf_change=False, request_id=request_id)
-
-    def _forward(self, data: bytes, *, conf_change: bool, request_id: str) -> None:
-        deadline = trio.current_time() + self.config.request_timeout_s
-        self._nursery.start_soon(self._send_forward, data, conf_change, request_id, deadline)
-
-    async def _send_forward(
-        self, data: bytes, conf_change: bool, request_id: str, deadline: float
-    ) -> None:
-        """Hand a proposal to the Raft leader, again after a leader change.
-
-        Sending one twice is harmless: every command is idempotent for its
-        requester (a second Renew renews, a second Acquire refreshes, a
-        second Release finds nothing to release, a Campaign replaces its own
-        queue entry), and the requester hears the outcome of the first.
-        """
-        request = cluster_pb2.ProposeRequest(data=data, conf_change=conf_change)
-        with trio.move_on_at(deadline):
-            while not request_id or request_id in self._pending:
-                leader = self.leader
-                if leader == self.id and self.propose_forwarded(data, conf_change):
-                    return
-                channel = None if leader is None else self.peers.channel(leader)
-                if channel is not None:
-                    try:
-                        reply = await channel.unary(
-                            channel.stub.Propose, request, max(0.1, deadline - trio.current_time())
-                        )
-                        if reply.accepted:
-                            return
-                    except Exception as exc:  # noqa: BLE001 - the leader could not be reached
-                        log.debug("forwarding to %s failed: %r", leader, exc)
-                # Wait for the cluster to settle on a (new) leader.
-                await trio.sleep(2 * self.config.tick_s)
+    # -- the Raft loop ----------------------------------------------------------
 
     def _why_no_commit(self) -> str:
         if self.leader is None:
             return "no Raft leader: the cluster has no quorum or is electing one; retry"
         return f"the command did not commit within {self.config.request_timeout_s:g} s; retry"
 
-    # -- the Raft loop ----------------------------------------------------------
-
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.config.tick_s)
-            self.raw.tick()
-            if self.role is Role.LEADER:
-                for command in self.machine.due(self.clock()):
-                    try:
-                        self.raw.propose(encode_command(command, ""))
-                    except ProposalDropped:
-                        break  # due() proposes again after its retry interval
+            self.replica.tick(self.clock())
             self._wake.set()
 
     async def _ready_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self.raw.has_ready():
-                await self._handle(self.raw.ready())
+            while self.replica.has_ready():
+                await self._carry_out(self.replica.ready(self.clock()))
 
-    async def _handle(self, rd: Ready) -> None:
-        # A leader that stays leader may send its appends while it writes its
-        # own copy (as etcd's server does): the core counts the leader's own
-        # entries toward a commit only once advance() says they are on disk.
-        # Everyone else (votes, acknowledgements) persists BEFORE sending.
-        early = self.role is Role.LEADER and (
-            rd.soft_state is None or rd.soft_state.role is Role.LEADER
-        )
-        if early:
-            self.peers.send(rd.messages)
-        if rd.soft_state is not None:
-            self._on_soft_state(rd.soft_state.leader, rd.soft_state.role)
-        if rd.must_sync:
+    async def _carry_out(self, work: Work) -> None:
+        self.peers.send(work.messages)
+        if work.leader_changed:
+            self._leader_changed()
+        store = self._store
+        if work.must_sync:
             await trio.to_thread.run_sync(
-                self._store.write, rd.hard_state, rd.entries, rd.snapshot, True
+                store.write, work.hard_state, work.entries, work.snapshot, True
             )
-            self._store.remember(rd.hard_state, rd.entries, rd.snapshot)
-        elif rd.hard_state is not None:
+            store.remember(work.hard_state, work.entries, work.snapshot)
+        elif work.hard_state is not None:
             # Only the commit index moved: no fsync, so no worker thread either
             # (the hop would cost more than the write).
-            self._store.write(rd.hard_state, (), None, False)
-            self._store.remember(rd.hard_state, (), None)
-        if rd.snapshot is not None and not rd.snapshot.is_empty:
-            self._restore(rd.snapshot)
-            self.peers.update(self.members)
-            log.info("installed a snapshot at index %d from the leader", self.applied)
-        if not early:
-            self.peers.send(rd.messages)
-        for entry in rd.committed_entries:
-            self._apply(entry)
-        for state in rd.read_states:
-            waiter = self._reads.get(state.ctx)
-            if waiter is not None:
-                self._read_queue.append((state.index, waiter))
-        self._release_reads()
-        self.raw.advance(rd)
-        if self.applied - self._snapshot_index >= self.config.snapshot_entries:
+            store.write(work.hard_state, (), None, False)
+            store.remember(work.hard_state, (), None)
+        self.peers.send(work.messages_after_persist)
+        done = self.replica.advance(work, self.clock())
+        self._done(done)
+        if done.snapshot_due:
             await self._take_snapshot()
 
-    def _on_soft_state(self, leader: str | None, role: Role) -> None:
-        was_leader = self.role is Role.LEADER
-        if leader != self.leader:
-            log.info("Raft leader is now %s", leader or "unknown")
-        self.leader, self.role = leader, role
+    def _leader_changed(self) -> None:
+        leader = self.leader
+        log.info("Raft leader is now %s", leader or "unknown")
         # Writes need a Raft leader; with CheckQuorum a leader that lost its
         # quorum steps down, and with PreVote a follower that lost its
         # leader forgets it, so a known leader means a quorum was there lately.
         self.report_serving(leader is not None and not self.closing)
-        if role is Role.LEADER and not was_leader:
-            # We cannot know when the old leader last renewed each lease.
-            self.machine.refresh_all(self.clock())
-            log.info("this node leads; every lease gets its full TTL from now")
 
-    def _apply(self, entry: Entry) -> None:
-        # A committed entry is applied the same way on every replica, whatever
-        # it holds: one that does not decode, or that the machine refuses, is
-        # the same no-op everywhere (logged), never a crash that every restart
-        # would repeat.
-        self.applied = entry.index
-        if entry.type is EntryType.CONF_CHANGE:
-            try:
-                change = decode_conf_change(entry.data)
-            except RaftCodecError as exc:
-                log.error(
-                    "entry %d: not a membership change, applied as a no-op: %s", entry.index, exc
-                )
-                return
-            self._apply_conf_change(change)
-            return
-        if not entry.data:
-            return  # a new leader's empty entry
-        try:
-            command, request_id = decode_command(entry.data)
-        except CodecError as exc:
-            log.error("entry %d applied as a no-op: %s", entry.index, exc)
-            return
-        try:
-            outcome = self.machine.apply(command, self.clock(), entry.index)
-        except Exception as exc:  # noqa: BLE001 - see above; no command fails in a cluster
-            log.error("entry %d (%r) applied as a no-op: %r", entry.index, command, exc)
-            waiter = self._pending.pop(request_id, None)
-            if waiter is not None:
-                waiter.fail(exc if isinstance(exc, ElectionError) else Unavailable(str(exc)))
-            return
-        self.hub.report(outcome)
-        waiter = self._pending.pop(request_id, None)
-        if waiter is not None:
-            waiter.set(outcome)
-
-    def _apply_conf_change(self, change: ConfChange) -> None:
-        self._conf_state = self.raw.apply_conf_change(change)
-        if change.type is ConfChangeType.ADD_NODE:
-            self.members[change.node_id] = change.context.decode()
-            log.info("member %s added at %s", change.node_id, self.members[change.node_id])
-        else:
-            self.members.pop(change.node_id, None)
-            self.removed_members.add(change.node_id)
-            log.info("member %s removed", change.node_id)
-            if change.node_id == self.id:
-                self.removed.set()
-        if self.peers is not None:
+    def _done(self, done: Done) -> None:
+        if done.installed_snapshot is not None:
+            log.info("installed a snapshot at index %d from the leader", done.installed_snapshot)
+        if done.members_changed and self.peers is not None:
             self.peers.update(self.members)
-        waiter = self._conf_waiters.pop((change.type, change.node_id), None)
-        if waiter is not None:
-            waiter.set()
+        for change_key in list(self._conf_waiters):
+            if self._conf_applied(change_key):
+                self._conf_waiters.pop(change_key).set()
+        for applied in done.applied:
+            waiter = self._pending.pop(applied.request_id, None) if applied.request_id else None
+            if applied.outcome is None:
+                if waiter is not None and applied.error is not None:
+                    waiter.fail(applied.error)
+                continue
+            self.report(applied.outcome)
+            if waiter is not None:
+                waiter.set(applied.outcome)
+        for ctx in done.reads:
+            waiter = self._reads.get(ctx)
+            if waiter is not None:
+                waiter.set()
+        if done.removed:
+            self.removed.set()
+
+    def _conf_applied(self, key: tuple[ConfChangeType, str]) -> bool:
+        kind, node_id = key
+        if kind is ConfChangeType.ADD_NODE:
+            return node_id in self.members
+        return node_id in self.removed_members
 
     def _told_removed(self, by: str) -> None:
         # A peer that applied our removal refuses our messages: the leader
@@ -537,42 +418,16 @@ class ClusterNode(HubClient):
         log.warning("%s says this node was removed from the cluster", by)
         self.removed.set()
 
-    def _release_reads(self) -> None:
-        keep = []
-        for index, waiter in self._read_queue:
-            if index <= self.applied:
-                waiter.set(index)
-            else:
-                keep.append((index, waiter))
-        self._read_queue = keep
-
     # -- snapshots --------------------------------------------------------------
 
-    def _snapshot_data(self) -> bytes:
-        return json.dumps(
-            {
-                "machine": dump_machine(self.machine).decode(),
-                "members": self.members,
-                "removed": sorted(self.removed_members),
-            }
-        ).encode()
-
-    def _restore(self, snapshot: Snapshot) -> None:
-        state = json.loads(snapshot.data)
-        self.machine = load_machine(state["machine"].encode(), self.clock())
-        self.members = dict(state["members"])
-        self.removed_members = set(state["removed"])
-        self.applied = self._snapshot_index = snapshot.metadata.index
-        self._conf_state = snapshot.metadata.conf_state
-
     async def _take_snapshot(self) -> None:
-        index, data = self.applied, self._snapshot_data()
+        index, conf_state, data = self.replica.snapshot_image()
         store = self._store
-        snapshot = store.create_snapshot(index, self._conf_state, data)
+        snapshot = store.create_snapshot(index, conf_state, data)
         keep = self.config.snapshot_entries // 10
         compact_to = max(index - keep, store.first_index() - 1)
         await trio.to_thread.run_sync(store.write_snapshot, snapshot, compact_to)
         if compact_to > store.first_index() - 1:
             store.compact(compact_to)
-        self._snapshot_index = index
+        self.replica.snapshotted(index)
         log.info("snapshot at %d; log compacted up to %d", index, compact_to)

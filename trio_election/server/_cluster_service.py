@@ -70,6 +70,8 @@ class ClusterService(cluster_grpc.ClusterBase):
                 from_leader=leading,
                 peer_bytes_sent=node.peers.bytes_sent if node.peers else 0,
                 cluster_id=node.cluster_id,
+                elections=len(node.machine),
+                campaigns_waiting=sum(1 for _ in node.machine.waiters()),
             )
         )
 
@@ -131,8 +133,8 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
     Served only on the peer listener, behind peer authentication. Even an
     authenticated caller is held to what a member may say: a batch from a
     node that is not a member (or was removed) is refused whole, a message
-    must come from the batch's sender, and a forwarded proposal is checked
-    again by the leader (``ClusterNode.propose_forwarded``).
+    must come from the batch's sender, and a forwarded proposal (a PROP message) is
+    checked again as if a client had sent it (``Replica.step``).
     """
 
     def __init__(self, node: ClusterNode) -> None:
@@ -173,26 +175,16 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
                                 message.to,
                             )
                             continue
-                        node.raw.step(message)
+                        node.step(message)
+                    except ElectionError as exc:  # a forwarded proposal the leader refuses
+                        log.warning("proposal forwarded by %s refused: %s", sender, exc)
                     except CodecError as exc:
                         log.warning(
                             "undecodable Raft message from %s: %s", getattr(batch, "from"), exc
                         )
                     except Exception as exc:  # noqa: BLE001 - a bad message must not stop us
                         log.debug("Raft message from %s refused: %r", getattr(batch, "from"), exc)
-                node._wake.set()
             with contextlib.suppress(StreamTerminatedError, StreamClosedError):
                 await stream.send_message(pb.SendAck())  # the peer may be gone already
         finally:
             self.streams.discard(stream)
-
-    async def Propose(self, stream: Any) -> None:
-        request = await recv_one_request(stream)
-        try:
-            accepted = self.node.propose_forwarded(request.data, request.conf_change)
-        except ElectionError as exc:
-            log.warning("forwarded proposal refused: %s", exc)
-            raise to_grpc_error(exc) from None
-        await stream.send_message(
-            pb.ProposeResponse(accepted=accepted, leader=self.node.leader or "")
-        )

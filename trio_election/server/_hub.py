@@ -14,7 +14,7 @@ from itertools import count
 
 from .._bridge import MessageQueue, Waiter
 from .._errors import OutOfRange, Superseded, Unavailable
-from ..core import CancelWait, Command, ElectionMachine, Event, Holder, Outcome
+from ..core import CancelWait, Command, ElectionMachine, Event, Holder, Outcome, Release
 
 log = logging.getLogger("trio_election.node")
 
@@ -35,6 +35,8 @@ class Hub:
 
     def __init__(self, prefix: str = "") -> None:
         self._prefix = prefix
+        # Waiters of this node's earlier runs too: "node/" of "node/boot/".
+        self._node_prefix = prefix.split("/", 1)[0] + "/" if "/" in prefix else prefix
         self._ids = count(1)
         self._campaigns: dict[str, Waiter] = {}
         self._watchers: dict[str, set[MessageQueue]] = {}
@@ -52,18 +54,31 @@ class Hub:
         """Stop tracking a Campaign; True if it was still waiting."""
         return self._campaigns.pop(waiter_id, None) is not None
 
-    def report(self, outcome: Outcome) -> None:
-        """Wake the granted, fail the superseded, publish the events."""
+    def report(self, outcome: Outcome) -> list[Holder]:
+        """Wake the granted, fail the superseded and cancelled, publish the events.
+
+        Returns the grants to Campaigns this node carried whose call is gone
+        (it ended before its CancelWait applied, or this node restarted since):
+        nobody waits for them, so the caller releases them at once.
+        """
         for waiter_id in outcome.superseded:
             waiter = self._campaigns.pop(waiter_id, None)
             if waiter is not None:
                 waiter.fail(Superseded("a newer Campaign of this node_id took its place"))
+        for waiter_id in outcome.cancelled:
+            waiter = self._campaigns.pop(waiter_id, None)
+            if waiter is not None:  # the Raft leader took this node for gone
+                waiter.fail(Unavailable("the Campaign was taken out of the queue; retry"))
+        orphans = []
         for waiter_id, holder in outcome.granted:
             waiter = self._campaigns.pop(waiter_id, None)
             if waiter is not None:
                 waiter.set(holder)
+            elif waiter_id.startswith(self._node_prefix):
+                orphans.append(holder)
         for event in outcome.events:
             self._publish(event)
+        return orphans
 
     def watch(self, election: str, queue: MessageQueue) -> None:
         if self.closed:
@@ -143,6 +158,17 @@ class HubClient:
     def new_campaign(self) -> tuple[str, Waiter]:
         """A fresh waiter id and the Waiter its grant will be reported to."""
         return self.hub.new_campaign()
+
+    def report(self, outcome: Outcome) -> None:
+        """Tell the hub what a command did; give back grants nobody waits for."""
+        for holder in self.hub.report(outcome):
+            log.info("%r was granted to a Campaign whose call is gone: released", holder.election)
+            # Only if nobody renewed it since: its node_id may have taken it up.
+            self.submit(
+                Release(
+                    holder.election, holder.node_id, holder.fencing_token, holder.owner, renewals=0
+                )
+            )
 
     def end_campaign(self, election: str, waiter_id: str) -> None:
         """The Campaign call ended: leave the queue if still in it."""

@@ -126,9 +126,9 @@ class Node(HubClient):
         outcome = self.machine.apply(command, self.clock())
         if outcome.persist:
             self._dirty[command.election] = None
-            self._after(lambda: self.hub.report(outcome))
+            self._after(lambda: self.report(outcome))
         elif outcome.superseded:
-            self.hub.report(outcome)
+            self.report(outcome)
         if outcome.persist or isinstance(command, Acquire):
             self._reschedule()
         return outcome

@@ -19,7 +19,6 @@ from ._raft_sim import (
     SimNode as SimNode,
     SimOptions as SimOptions,
     Simulation as Simulation,
-    StateMachine as StateMachine,
 )
 
 __all__ = [
@@ -34,7 +33,6 @@ __all__ = [
     "SimNode",
     "SimOptions",
     "Simulation",
-    "StateMachine",
     "make_certs",
     "wait_for_line",
     "write_secret",

@@ -1,24 +1,27 @@
 """Deterministic simulation of the election machine replicated by Raft, for tests.
 
 :class:`ElectionSimulation` runs, on top of the Raft harness of
-``_raft_sim.py``, what a cluster node of ``server/_cluster.py`` does with its
-:class:`~trio_election.core.ElectionMachine`, plus simulated clients:
+``_raft_sim.py``, the :class:`~trio_election.replica.Replica` that a cluster
+node runs, with the same :class:`~trio_election.replica.Elections` machine,
+plus simulated clients:
 
-* every node's replicated state machine is an :class:`ElectionReplica`
-  (entries are ``encode_command`` bytes, snapshots ``dump_machine`` bytes,
-  restored with ``load_machine`` at the node's ``now``);
+* every node's machine is an :class:`ElectionReplica`: the real
+  ``Elections`` with the checker's records around it (it sees each entry
+  applied, each expiry the replica proposes, each snapshot restored);
 * virtual time: ``seconds = tick * tick_s``, one clock for nodes and clients;
-* a node that learns (from a Ready's soft state) that it leads calls
-  ``refresh_all(now)``; every tick the node that believes it leads proposes
-  ``due(now)``;
-* a client command goes to any node; the node proposes it (the Raft leader)
-  or forwards it to the leader it knows (a follower), and answers the client
-  once IT applied the entry carrying its request id (or gives up after a
-  timeout). Requests, forwards and replies are delayed, reordered, lost and
-  (requests) duplicated; the Raft network has its own faults (see
-  :class:`~trio_election.testing.SimOptions`);
-* each client keeps its own view of leadership (docs/design.md promise 4): it
-  believes it holds its election from a successful grant until
+* the replica itself refreshes every lease when it becomes leader, and
+  proposes the expiries that are due on each of its ticks, as it does in
+  the server;
+* a client command goes to any node; the node submits it to its replica,
+  which proposes it (the Raft leader) or forwards it to the leader it knows
+  in Raft's own messages (a follower), again until it is applied, and
+  answers the client once IT applied the entry carrying its request id (or
+  gives up after a timeout). Requests and replies are delayed, reordered,
+  lost and (requests) duplicated; the Raft network, which carries the
+  forwards, has its own faults (see :class:`~trio_election.testing.SimOptions`);
+* each client keeps its own view of leadership (docs/design.md promise 4)
+  with the client library's own :class:`~trio_election.client._belief.Belief`:
+  it believes it holds its election from a successful grant until
   ``send time of the last successful heartbeat + ttl - margin``, or until it
   releases or a heartbeat is refused. A Campaign grant is believed only once
   a heartbeat sent after it succeeded (as the client library does).
@@ -44,10 +47,13 @@ the checks catch it; see :data:`MUTATIONS`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from trio_election.client._belief import Belief
 from trio_election.core import (
     Acquire,
     CancelWait,
@@ -60,8 +66,9 @@ from trio_election.core import (
     Release,
     Renew,
 )
-from trio_election.core._codec import decode_command, dump_machine, encode_command, load_machine
-from trio_election.raft import ProposalDropped, Ready, Role
+from trio_election.core._codec import decode_command, dump_machine, encode_command
+from trio_election.raft import ProposalDropped, Role
+from trio_election.replica import Applied, Done, Elections, Work
 
 from ._raft_sim import Cluster, InvariantViolation, SimOptions, Simulation
 
@@ -107,6 +114,7 @@ class ElectionSimOptions:
     campaign: float = 0.4  # share of attempts that Campaign instead of TryBecomeLeader
     refresh: float = 0.15  # share of a holder's renewals sent as TryBecomeLeader
     release: float = 0.02  # chance per tick that a holder releases
+    read: float = 0.05  # chance per tick that a client reads its election through a node
     stall: float = 0.03  # chance per tick that a client stops sending for a while
     max_stall: int = 60
     crash_all: float = 0.0  # chance per tick that every node crashes at once
@@ -127,34 +135,59 @@ class ElectionSimOptions:
 
 
 class ElectionReplica:
-    """The replicated state machine of one simulated node (an ElectionMachine).
+    """One simulated node's machine: the real :class:`Elections`, watched.
 
-    ``renewed`` is the check's own record (not the machine's deadlines) of when
-    this replica last applied a grant or renewal of each lease (or restored it
-    from a snapshot), on the node's clock.
+    Every call goes to the ``Elections`` the server uses; around it the
+    checker keeps its own records. ``renewed`` is the check's record (not the
+    machine's deadlines) of when this replica last applied a grant or renewal
+    of each lease (or restored it from a snapshot), on the node's clock.
     """
 
     def __init__(self, sim: ElectionSimulation, nid: str) -> None:
         self.sim = sim
         self.nid = nid
-        self.machine = ElectionMachine()
+        self.elections = Elections()
         self.renewed: dict[tuple[str, int], float] = {}
         self.last_grant: dict[str, int] = {}  # election -> last token granted here
         self.ended: dict[str, Holder] = {}  # election -> the lease last expired here
 
-    def apply(self, index: int, data: bytes) -> object:
-        return self.sim._apply(self, index, data)
+    @property
+    def machine(self) -> ElectionMachine:
+        return self.elections.machine
 
-    def snapshot(self) -> bytes:
-        return dump_machine(self.machine)
+    def request_id(self, data: bytes) -> str:
+        return self.elections.request_id(data)
 
-    def restore(self, data: bytes) -> None:
-        now = self.sim.clock()
-        self.machine = load_machine(data, now) if data else ElectionMachine()
+    def apply(self, data: bytes, index: int, now: float) -> Applied:
+        return self.sim._apply(self, index, data, now)
+
+    def dump(self) -> bytes:
+        return self.elections.dump()
+
+    def load(self, image: bytes, now: float) -> None:
+        self.elections.load(image, now)
         self.renewed = {(h.election, h.fencing_token): now for h in self.machine.holders()}
         self.last_grant = {h.election: h.fencing_token for h in self.machine.holders()}
         self.ended = {}
         self.sim._restored(self)
+
+    def due(self, now: float) -> list[bytes]:
+        due = self.elections.due(now)
+        for data in due:
+            command, _ = decode_command(data)
+            if isinstance(command, Expire):
+                self.sim._check_expire_proposal(self.nid, self, command, now)
+        return due
+
+    def abandoned(self, alive: Callable[[str], bool]) -> list[bytes]:
+        return self.elections.abandoned(alive)
+
+    def lead(self, now: float) -> None:
+        if self.sim.eopts.mutation != "no_refresh":
+            self.elections.lead(now)
+
+    def check_forwarded(self, data: bytes) -> None:
+        self.elections.check_forwarded(data)
 
 
 @dataclass
@@ -170,13 +203,14 @@ class _NodeState:
         default_factory=dict
     )  # rid -> client, creq, until
     waiters: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # + election
+    reads: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)  # election, floor, until
 
 
 @dataclass
 class _Msg:
     at: int
     seq: int
-    kind: str  # "req" client->node, "fwd"/"nack" node->node, "reply" node->client
+    kind: str  # "req" client->node, "reply" node->client
     src: str
     dst: str
     body: tuple
@@ -209,9 +243,9 @@ class _Client:
         self.election = election
         self.ttl_ms = ttl_ms
         self.ttl = ttl_ms / 1000
-        self.margin = max(0.02, self.ttl / 10)
-        if sim.eopts.mutation == "negative_margin":
-            self.margin = -self.ttl / 5
+        # The client library's own rule (Belief), with its default margin.
+        margin = -self.ttl / 5 if sim.eopts.mutation == "negative_margin" else None
+        self.belief = Belief(self.ttl, margin)
         self.holding = False
         self.confirming: tuple[int, float] | None = None  # campaign grant: token, campaign sent
         self.token = 0
@@ -233,6 +267,7 @@ class _Client:
             self._close(self.period.end)
 
     def _close(self, at: float) -> None:
+        self.belief.lose()
         if self.period is not None:
             self.period.end = min(self.period.end, at)
             self.period.open = False
@@ -244,9 +279,9 @@ class _Client:
         """A grant/renewal sent at ``basis`` succeeded (reply received at ``now``)."""
         if self.sim.eopts.mutation == "receive_time":
             basis = now
-        deadline = basis + self.ttl - self.margin
         if self.period is not None and self.period.token != token:
             self._close(now)
+        deadline = self.belief.confirmed(basis)
         if self.period is not None:
             self.period.end = max(self.period.end, deadline)
         elif now < deadline - _EPS:
@@ -267,6 +302,8 @@ class _Client:
         if rng.random() < eo.stall:
             self.stalled_until = tick + rng.randrange(1, eo.max_stall + 1)
             return
+        if rng.random() < eo.read:
+            sim._send_read(self)
         if self.holding and rng.random() < eo.release:
             self._release(self.token)
             self._close(now)  # stops believing when it decides to release
@@ -382,12 +419,16 @@ class _ElectionCluster(Cluster):
 
     def __init__(self, sim: ElectionSimulation, ids: list[str], **kwargs: object) -> None:
         self._sim = sim
+        self._tick_s = sim.eopts.tick_s
         self._binding = ""
         super().__init__(
             ids,
             sm_factory=lambda: ElectionReplica(sim, self._binding),
             **kwargs,  # type: ignore[arg-type]
         )
+
+    def time(self) -> float:
+        return self.now * self._tick_s
 
     def add_node(self, nid: str, bootstrap: list[str] | None = None):  # noqa: ANN201
         self._binding = nid
@@ -428,7 +469,14 @@ class ElectionSimulation(Simulation):
         self.rid_sent: dict[str, tuple[str, float]] = {}  # request id -> client, send time
         self.acked: dict[tuple[str, int], int] = {}  # grants acknowledged to clients
         self.periods: dict[str, list[_Period]] = {}
-        self.stats = {"grants": 0, "expired": 0, "released": 0, "periods": 0, "leaders": 0}
+        self.stats = {
+            "grants": 0,
+            "expired": 0,
+            "released": 0,
+            "periods": 0,
+            "leaders": 0,
+            "reads": 0,
+        }
         self.cluster = _ElectionCluster(
             self,
             [f"n{i}" for i in range(1, o.nodes + 1)],
@@ -439,6 +487,7 @@ class ElectionSimulation(Simulation):
             max_inflight_msgs=o.max_inflight_msgs,
         )
         self.cluster.on_ready = self._on_ready
+        self.cluster.on_done = self._on_done
         self._n = 0
         self._next_id = o.nodes + 1
         crng = random.Random(f"{seed}/clients")
@@ -472,44 +521,55 @@ class ElectionSimulation(Simulation):
         # time out.
         self.node_state[nid] = _NodeState(self.node_state[nid].incarnation)
 
-    def _on_ready(self, nid: str, rd: Ready) -> None:
-        if rd.soft_state is None:
+    def _on_ready(self, nid: str, work: Work) -> None:
+        if not work.leader_changed:
             return
         st = self.node_state[nid]
+        replica = self.cluster.nodes[nid].live()
         was_leader = st.role is Role.LEADER
-        st.leader, st.role = rd.soft_state.leader, rd.soft_state.role
+        st.leader, st.role = replica.leader, replica.role
         if st.role is Role.LEADER and not was_leader:
-            now = self.clock()
-            st.leader_since = now
+            # The replica refreshed every lease (Elections.lead) as it said so.
+            st.leader_since = self.clock()
             self.stats["leaders"] += 1
-            if self.eopts.mutation != "no_refresh":
-                self._replica(nid).machine.refresh_all(now)
         elif st.role is not Role.LEADER:
             st.leader_since = None
+
+    def _on_done(self, nid: str, done: Done) -> None:
+        """Answer the requests this node carries, as ClusterNode does from a Done."""
+        for applied in done.applied:
+            if applied.outcome is not None:
+                self._answer(nid, applied.request_id, applied.outcome)
+            elif applied.error is not None:
+                self._fail(nid, applied.request_id)
+        st, sn = self.node_state[nid], self.cluster.nodes[nid]
+        for ctx in done.reads:
+            read = st.reads.pop(ctx, None)
+            if read is None:
+                continue
+            election, floor, _ = read
+            if sn.applied < floor:
+                raise self._violation(
+                    f"stale read of {election} on {nid}: answered at applied index "
+                    f"{sn.applied}, but a grant at index {floor} was acknowledged before the "
+                    "read was sent (linearizable reads)"
+                )
+            self.stats["reads"] += 1
 
     def _replica(self, nid: str) -> ElectionReplica:
         sm = self.cluster.nodes[nid].sm
         assert isinstance(sm, ElectionReplica)
         return sm
 
-    # -- the expiry driver ----------------------------------------------------
+    # -- expiries ----------------------------------------------------------------
 
-    def _drive_expiry(self, nid: str) -> None:
-        st = self.node_state[nid]
+    def _follower_expiry(self, nid: str) -> None:
+        """The ``follower_expire`` mutation: a follower expires leases by itself."""
         rep = self._replica(nid)
-        now = self.clock()
-        if st.role is not Role.LEADER:
-            if self.eopts.mutation == "follower_expire":
-                for cmd in rep.machine.due(now):
-                    rep.machine.apply(cmd, now, 0)
-            return
-        for cmd in rep.machine.due(now):
-            if isinstance(cmd, Expire):
-                self._check_expire_proposal(nid, rep, cmd, now)
-            try:
-                self.cluster.nodes[nid].raw().propose(encode_command(cmd, ""))
-            except ProposalDropped:
-                break  # due() proposes again after its retry interval
+        if self.node_state[nid].role is not Role.LEADER:
+            now = self.clock()
+            for cmd in rep.machine.due(now):
+                rep.machine.apply(cmd, now, 0)
 
     def _check_expire_proposal(
         self, nid: str, rep: ElectionReplica, cmd: Expire, now: float
@@ -532,10 +592,14 @@ class ElectionSimulation(Simulation):
 
     # -- applying entries ---------------------------------------------------------
 
-    def _apply(self, rep: ElectionReplica, index: int, data: bytes) -> Outcome:
-        nid, now = rep.nid, self.clock()
+    def _apply(self, rep: ElectionReplica, index: int, data: bytes, now: float) -> Applied:
+        nid = rep.nid
+        applied = rep.elections.apply(data, index, now)
+        if applied.outcome is None:
+            raise self._violation(f"{nid}: entry {index} applied as a no-op: {applied.error!r}")
+        outcome = applied.outcome
+        assert isinstance(outcome, Outcome)
         command, rid = decode_command(data)
-        outcome = rep.machine.apply(command, now, index)
         first = index not in self.state_at
         # -- the check's own record of renewals, and fencing tokens ------------
         for event in outcome.events:
@@ -600,8 +664,7 @@ class ElectionSimulation(Simulation):
                 f"replicas diverge: {nid} after index {index} has {state!r}, another "
                 f"replica had {self.state_at[index]!r}"
             )
-        self._answer(nid, rid, command, outcome)
-        return outcome
+        return applied
 
     def _check_replacement(
         self, nid: str, rep: ElectionReplica, granted: Holder, index: int, now: float
@@ -634,7 +697,7 @@ class ElectionSimulation(Simulation):
 
     # -- answering clients --------------------------------------------------------
 
-    def _answer(self, nid: str, rid: str, command: Command, outcome: Outcome) -> None:
+    def _answer(self, nid: str, rid: str, outcome: Outcome) -> None:
         st = self.node_state[nid]
         call = st.pending.pop(rid, None)
         if call is not None:
@@ -644,6 +707,17 @@ class ElectionSimulation(Simulation):
             w = st.waiters.pop(waiter, None)
             if w is not None:
                 self._reply(nid, w[0], w[1], True, holder, False)
+            elif waiter.startswith(f"{nid}/"):
+                # As the server's Hub: granted to a Campaign this node carried
+                # whose call is gone (or to an earlier run's): give it back.
+                self._submit_cleanup(
+                    nid,
+                    Release(holder.election, holder.node_id, holder.fencing_token, renewals=0),
+                )
+        for waiter in outcome.cancelled:
+            w = st.waiters.pop(waiter, None)
+            if w is not None:  # the leader took this node for gone: retry
+                self._reply(nid, w[0], w[1], False, None, True)
         for waiter in outcome.superseded:
             w = st.waiters.pop(waiter, None)
             if w is not None:
@@ -656,6 +730,9 @@ class ElectionSimulation(Simulation):
 
     def _fail(self, nid: str, rid: str) -> None:
         st = self.node_state[nid]
+        sn = self.cluster.nodes[nid]
+        if sn.alive:
+            sn.live().forget(rid)
         call = st.pending.pop(rid, None)
         if call is not None:
             self._reply(nid, call[0], call[1], False, None, True)
@@ -702,15 +779,8 @@ class ElectionSimulation(Simulation):
                 continue
             if m.kind == "req":
                 self._on_request(m.dst, m.src, *m.body)
-            elif not c.connected(m.src, m.dst):
-                continue
-            elif m.kind == "fwd":
-                data, rid = m.body
-                if not self._propose_local(m.dst, data):
-                    self._net(m.dst, m.src, "nack", (rid,))
-            elif m.kind == "nack":
-                (rid,) = m.body
-                self._fail(m.dst, rid)
+            elif m.kind == "read":
+                self._on_read(m.dst, *m.body)
         return True
 
     def _on_request(
@@ -729,16 +799,39 @@ class ElectionSimulation(Simulation):
             st.pending[rid] = (client, creq, self.cluster.now + self.eopts.request_timeout)
         self._submit(nid, encode_command(cmd, rid), rid)
 
-    def _submit(self, nid: str, data: bytes, rid: str) -> None:
-        """Propose on the leader, or forward to the leader this node knows."""
+    def _send_read(self, client: _Client) -> None:
+        """GetCurrentLeader through a random node; the checker notes the last
+        grant acknowledged to any client before it was sent."""
+        node = self.rng.choice(sorted(self.cluster.nodes))
+        floor = max(self.acked.values(), default=0)
+        self._net(client.id, node, "read", (client.election, floor))
+
+    def _on_read(self, nid: str, election: str, floor: int) -> None:
+        """A linearizable read, as ClusterNode.read does it (ReadIndex)."""
         st = self.node_state[nid]
-        if st.role is Role.LEADER:
-            if not self._propose_local(nid, data):
-                self._fail(nid, rid)
-        elif st.leader is not None and st.leader != nid:
-            self._net(nid, st.leader, "fwd", (data, rid))
-        else:
-            self._fail(nid, rid)
+        st.seq += 1
+        ctx = f"{nid}/{st.incarnation}/r{st.seq}".encode()
+        st.reads[ctx] = (election, floor, self.cluster.now + self.eopts.request_timeout)
+        try:
+            self.cluster.nodes[nid].live().read(ctx)
+        except ProposalDropped:
+            del st.reads[ctx]  # no leader known: answered UNAVAILABLE
+
+    def _submit(self, nid: str, data: bytes, rid: str) -> None:
+        """Submit to the node's replica: it proposes on the leader, or forwards
+        to the leader it knows in Raft's messages, and retries until applied."""
+        with contextlib.suppress(ProposalDropped):  # retried on its ticks (with a rid)
+            self.cluster.nodes[nid].live().submit(data, rid)
+
+    def _submit_cleanup(self, nid: str, command: Command) -> None:
+        """As ``ClusterNode.submit``: retried until applied, for a bounded time."""
+        st = self.node_state[nid]
+        st.seq += 1
+        rid = f"{nid}/{st.incarnation}/{st.seq}"
+        with contextlib.suppress(ProposalDropped):
+            self.cluster.nodes[nid].live().submit(
+                encode_command(command, rid), rid, self.eopts.request_timeout
+            )
 
     def _propose_local(self, nid: str, data: bytes) -> bool:
         if self.node_state[nid].role is not Role.LEADER:
@@ -756,9 +849,13 @@ class ElectionSimulation(Simulation):
             for waiter, (_, _, until, election) in list(st.waiters.items()):
                 if tick >= until:
                     self._fail(nid, waiter)
-                    # As ClusterNode.end_campaign: leave the queue (best effort).
-                    cancel = encode_command(CancelWait(election, waiter), "")
-                    self._submit(nid, cancel, "")
+                    # As ClusterNode.end_campaign: leave the queue, proposed
+                    # again until applied, for at most the request timeout.
+                    self._submit_cleanup(nid, CancelWait(election, waiter))
+            for ctx, (_, _, until) in list(st.reads.items()):
+                if tick >= until:
+                    del st.reads[ctx]
+                    self.cluster.nodes[nid].live().forget_read(ctx)
 
     # -- client-side checks --------------------------------------------------------
 
@@ -834,8 +931,9 @@ class ElectionSimulation(Simulation):
                 c.crash(nid)
                 continue
             if rng.random() < 0.9:  # imperfect clocks: a node sometimes misses a tick
-                c.tick(nid)
-            self._drive_expiry(nid)
+                c.tick(nid)  # the leader's replica proposes the expiries that are due
+            if self.eopts.mutation == "follower_expire":
+                self._follower_expiry(nid)
         if rng.random() < self.eopts.crash_all:
             for nid in self.ids:
                 if c.nodes[nid].alive:

@@ -3,16 +3,19 @@
 * :class:`Cluster` holds N :class:`SimNode`\\ s, a simulated network and
   simulated disks, and offers explicit primitives (tick, deliver, handle a
   Ready, crash, restart, partition, ...). Scenario tests drive it by hand.
+  Each node is the :class:`~trio_election.replica.Replica` the server runs;
+  the cluster does what the server's runtime does around it (time, the
+  network, the disk), so every seeded run exercises the shipped code.
 * :class:`Simulation` drives a :class:`Cluster` randomly from one seed:
   message loss, duplication, reordering and delay, partitions, crashes at
   any point of Ready handling, restarts, snapshots and client traffic.
 
 Disk model: each node's :class:`MemoryStorage` *is* its disk. A Ready's
 snapshot, entries and hard state are written to it as one fsynced batch;
-anything the node holds only in memory (the ``RawNode`` itself, an
-unhandled Ready, unsent messages) is lost by :meth:`Cluster.crash`.
-Restarting builds a fresh ``RawNode`` from the disk and a fresh state
-machine restored from the disk's snapshot.
+anything the node holds only in memory (the replica itself, an unhandled
+Ready, unsent messages) is lost by :meth:`Cluster.crash`. Restarting builds a
+fresh replica from the disk (which restores its machine and members from the
+disk's snapshot).
 
 After every step the cluster checks Raft's safety properties (see
 :meth:`Cluster.check_invariants`) and raises :class:`InvariantViolation`.
@@ -23,8 +26,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from trio_election.raft import (
     ConfChange,
@@ -40,27 +42,11 @@ from trio_election.raft import (
     RawNode,
     Ready,
     Role,
-    decode_conf_change,
     decode_message,
     encode_message,
 )
 from trio_election.raft._errors import RaftError
-
-
-class StateMachine(Protocol):
-    """What the simulation replicates."""
-
-    def apply(self, index: int, data: bytes) -> object:
-        """Apply the committed command at ``index``."""
-        ...
-
-    def snapshot(self) -> bytes:
-        """Serialize the current state."""
-        ...
-
-    def restore(self, data: bytes) -> None:
-        """Replace the state by a :meth:`snapshot` image."""
-        ...
+from trio_election.replica import Applied, Done, Machine, Replica, Work
 
 
 class KVStateMachine:
@@ -74,23 +60,35 @@ class KVStateMachine:
         self.kv: dict[str, str] = {}
         self.log: list[tuple[int, bytes]] = []
 
-    def apply(self, index: int, data: bytes) -> object:
+    def apply(self, data: bytes, index: int, now: float) -> Applied:
         self.log.append((index, data))
         key, sep, value = data.decode("utf-8", "replace").partition("=")
         if sep:
             self.kv[key] = value
-        return len(self.log)
+        return Applied("", len(self.log))
 
-    def snapshot(self) -> bytes:
+    def dump(self) -> bytes:
         return json.dumps({"kv": self.kv, "log": [[i, d.hex()] for i, d in self.log]}).encode()
 
-    def restore(self, data: bytes) -> None:
-        if not data:
-            self.kv, self.log = {}, []
-            return
-        obj = json.loads(data)
+    def load(self, image: bytes, now: float) -> None:
+        obj = json.loads(image)
         self.kv = dict(obj["kv"])
         self.log = [(i, bytes.fromhex(d)) for i, d in obj["log"]]
+
+    def request_id(self, data: bytes) -> str:
+        return ""  # every KV command is applied, duplicates too (the checks expect it)
+
+    def due(self, now: float) -> list[bytes]:
+        return []
+
+    def abandoned(self, alive: Callable[[str], bool]) -> list[bytes]:
+        return []
+
+    def lead(self, now: float) -> None:
+        pass
+
+    def check_forwarded(self, data: bytes) -> None:
+        pass
 
 
 class InvariantViolation(AssertionError):
@@ -99,25 +97,34 @@ class InvariantViolation(AssertionError):
 
 @dataclass
 class SimNode:
-    """One simulated server: durable disk plus volatile node/state machine."""
+    """One simulated server: a durable disk, and a replica that a crash loses."""
 
     id: str
     disk: MemoryStorage
-    sm: StateMachine
-    node: RawNode | None = None
-    conf_state: ConfState = field(default_factory=ConfState)
+    sm: Machine
+    replica: Replica | None = None
     incarnation: int = 0
-    applied: int = 0
     bootstrap: list[str] | None = None  # initial members, if this is one
 
     @property
     def alive(self) -> bool:
-        return self.node is not None
+        return self.replica is not None
 
     def raw(self) -> RawNode:
-        if self.node is None:
+        return self.live().raw
+
+    def live(self) -> Replica:
+        if self.replica is None:
             raise RaftError(f"{self.id} is down")
-        return self.node
+        return self.replica
+
+    @property
+    def applied(self) -> int:
+        return self.replica.applied if self.replica is not None else 0
+
+    @property
+    def conf_state(self) -> ConfState:
+        return self.replica.conf_state if self.replica is not None else ConfState()
 
 
 @dataclass
@@ -143,7 +150,7 @@ class Cluster:
         check_quorum: bool = True,
         max_entries_per_msg: int = 64,
         max_inflight_msgs: int = 256,
-        sm_factory: Callable[[], StateMachine] = KVStateMachine,
+        sm_factory: Callable[[], Machine] = KVStateMachine,
         bootstrap: bool = True,
     ) -> None:
         self.seed = seed
@@ -172,7 +179,8 @@ class Cluster:
         self.pending_proposals: set[bytes] = set()
         self.read_results: list[tuple[str, bytes, int, int]] = []
         self._read_floor: dict[bytes, int] = {}
-        self.on_ready: Callable[[str, Ready], None] | None = None
+        self.on_ready: Callable[[str, Work], None] | None = None
+        self.on_done: Callable[[str, Done], None] | None = None
         self.on_deliver: Callable[[Message], None] | None = None
         ids = list(ids)
         for i in ids:
@@ -184,18 +192,30 @@ class Cluster:
         rng = random.Random(f"{self.seed}/{nid}/{incarnation}")
         return Config(id=nid, rng=rng, applied=applied, **self.cfg)  # type: ignore[arg-type]
 
+    def time(self) -> float:
+        """The clock the replicas read (seconds; here one a tick)."""
+        return float(self.now)
+
     def add_node(self, nid: str, bootstrap: list[str] | None = None) -> SimNode:
         """Create a server with an empty disk (bootstrapped with ``bootstrap`` peers)."""
         sn = SimNode(id=nid, disk=MemoryStorage(), sm=self.sm_factory(), bootstrap=bootstrap)
-        sn.node = RawNode(self._config(nid, 0), sn.disk)
-        if bootstrap:
-            sn.node.bootstrap(bootstrap)
         self.nodes[nid] = sn
+        self._start(sn)
         return sn
+
+    def _start(self, sn: SimNode) -> None:
+        # The replica restores its machine and members from the disk's
+        # snapshot, and tells Raft where to resume applying.
+        sn.replica = Replica(sn.disk, sn.sm, self.time(), self._config(sn.id, sn.incarnation))
+        if sn.bootstrap and sn.disk.last_index() == 0:
+            # New, or crashed before the bootstrap Ready was persisted: an
+            # initial member must bootstrap again (otherwise it would rebuild
+            # its membership from whatever entries a leader sends it).
+            sn.replica.bootstrap({member: member for member in sn.bootstrap})
 
     def crash(self, nid: str) -> None:
         """Lose everything ``nid`` holds in memory (its disk survives)."""
-        self.nodes[nid].node = None
+        self.nodes[nid].replica = None
 
     def restart(self, nid: str) -> None:
         """Start ``nid`` again from its disk."""
@@ -203,20 +223,8 @@ class Cluster:
         if sn.alive:
             self.crash(nid)
         sn.incarnation += 1
-        snap = sn.disk.snapshot()
         sn.sm = self.sm_factory()
-        if not snap.is_empty:
-            sn.sm.restore(snap.data)
-        sn.conf_state = snap.metadata.conf_state
-        sn.applied = snap.metadata.index
-        # The state machine was restored from the snapshot, which may be newer
-        # than the compaction point: tell Raft where to resume applying.
-        sn.node = RawNode(self._config(nid, sn.incarnation, sn.applied), sn.disk)
-        if sn.bootstrap and sn.disk.last_index() == 0:
-            # Crashed before the bootstrap Ready was persisted: an initial
-            # member must bootstrap again (otherwise it would rebuild its
-            # membership from whatever entries a leader sends it).
-            sn.node.bootstrap(sn.bootstrap)
+        self._start(sn)
 
     # -- network ------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class Cluster:
         if self.on_deliver is not None:
             self.on_deliver(msg)
         try:
-            dst.raw().step(msg)
+            dst.live().step(msg)  # the replica checks a forwarded proposal first
         except RaftError:
             return False
         if msg.type == MessageType.SNAP:
@@ -303,7 +311,7 @@ class Cluster:
 
     # -- Ready handling --------------------------------------------------
 
-    def persist(self, sn: SimNode, rd: Ready) -> None:
+    def persist(self, sn: SimNode, rd: Ready | Work) -> None:
         """Write ``rd``'s durable parts to the disk (one fsynced batch)."""
         if rd.snapshot is not None:
             sn.disk.apply_snapshot(rd.snapshot)
@@ -314,27 +322,14 @@ class Cluster:
             sn.disk.set_hard_state(rd.hard_state)
             self._record_committed(sn, old, rd.hard_state.commit)
 
-    def apply(self, sn: SimNode, rd: Ready) -> None:
-        """Apply ``rd``'s snapshot and committed entries to the state machine."""
-        node = sn.raw()
-        if rd.snapshot is not None:
-            sn.sm.restore(rd.snapshot.data)
-            sn.conf_state = rd.snapshot.metadata.conf_state
-            sn.applied = rd.snapshot.metadata.index
+    def _check_ready(self, sn: SimNode, rd: Ready) -> None:
+        """Before the replica applies ``rd``: each entry once, agreeing with the commits."""
+        applied = sn.applied
         for e in rd.committed_entries:
             self._check_committed_entry(sn.id, e)
-            if e.index <= sn.applied:
+            if e.index <= applied:
                 raise InvariantViolation(f"{sn.id} applied {e.index} twice")
-            sn.applied = e.index
-            if e.type == EntryType.CONF_CHANGE:
-                sn.conf_state = node.apply_conf_change(decode_conf_change(e.data))
-            elif e.data:
-                sn.sm.apply(e.index, e.data)
-                if e.data in self.pending_proposals:
-                    self.pending_proposals.discard(e.data)
-                    self.acked[e.data] = e.index
-                elif e.data in self.acked and self.acked[e.data] != e.index:
-                    raise InvariantViolation(f"command {e.data!r} applied at two indexes")
+            applied = e.index
         for rs in rd.read_states:
             floor = self._read_floor.pop(rs.ctx, 0)
             if rs.index < floor:
@@ -342,36 +337,55 @@ class Cluster:
                     f"{sn.id}: read {rs.ctx!r} got index {rs.index} < {floor}, the last "
                     "acknowledged write when the read was issued (stale read)"
                 )
-            self.read_results.append((sn.id, rs.ctx, rs.index, self.now))
+
+    def _record_done(self, sn: SimNode, rd: Ready, done: Done) -> None:
+        for e in rd.committed_entries:
+            if e.type == EntryType.CONF_CHANGE or not e.data:
+                continue
+            if e.data in self.pending_proposals:
+                self.pending_proposals.discard(e.data)
+                self.acked[e.data] = e.index
+            elif e.data in self.acked and self.acked[e.data] != e.index:
+                raise InvariantViolation(f"command {e.data!r} applied at two indexes")
+        for ctx in done.reads:
+            self.read_results.append((sn.id, ctx, sn.applied, self.now))
 
     def handle_ready(self, nid: str, crash_at: str | None = None) -> Ready | None:
-        """Run one Ready cycle on ``nid``: persist, send, apply, advance.
+        """Run one Ready cycle on ``nid`` as the server's runtime does.
 
-        ``crash_at`` injects a crash: ``"before-persist"`` (the batch never
-        reaches the disk), ``"after-persist"`` (messages are never sent) or
-        ``"after-send"`` (nothing applied).
+        Send what may go at once, persist, send what waited for the write,
+        then ``advance``. ``crash_at`` injects a crash: ``"before-persist"``
+        (the first messages went, the batch never reaches the disk),
+        ``"after-persist"`` (the messages that wait for the write are never
+        sent) or ``"after-send"`` (nothing applied).
         """
         sn = self.nodes[nid]
-        if not sn.alive or not sn.raw().has_ready():
+        if not sn.alive or not sn.live().has_ready():
             return None
-        node = sn.raw()
-        rd = node.ready()
+        replica = sn.live()
+        work = replica.ready(self.time())
+        rd = work.ready
         if self.on_ready is not None:
-            self.on_ready(nid, rd)
+            self.on_ready(nid, work)
+        for m in work.messages:
+            self.send(m)
         if crash_at == "before-persist":
             self.crash(nid)
             return rd
-        self.persist(sn, rd)
+        self.persist(sn, work)
         if crash_at == "after-persist":
             self.crash(nid)
             return rd
-        for m in rd.messages:
+        for m in work.messages_after_persist:
             self.send(m)
         if crash_at == "after-send":
             self.crash(nid)
             return rd
-        self.apply(sn, rd)
-        node.advance(rd)
+        self._check_ready(sn, rd)
+        done = replica.advance(work, self.time())
+        self._record_done(sn, rd, done)
+        if self.on_done is not None:
+            self.on_done(nid, done)
         self.check_invariants()
         return rd
 
@@ -397,7 +411,7 @@ class Cluster:
 
     def tick(self, nid: str, n: int = 1) -> None:
         for _ in range(n):
-            self.nodes[nid].raw().tick()
+            self.nodes[nid].live().tick(self.time())
         self.check_invariants()
 
     def leader(self) -> str | None:
@@ -412,8 +426,11 @@ class Cluster:
 
     def propose(self, nid: str, data: bytes) -> bool:
         """Propose ``data`` on ``nid``; track it so an ack can be checked later."""
+        sn = self.nodes[nid]
+        if sn.raw()._raft.role != Role.LEADER:
+            return False  # (a replica would forward it; these tests propose on a leader)
         try:
-            self.nodes[nid].raw().propose(data)
+            sn.live().submit(data)
         except ProposalDropped:
             return False
         self.pending_proposals.add(data)
@@ -422,7 +439,7 @@ class Cluster:
     def read(self, nid: str, ctx: bytes) -> bool:
         """Issue a ReadIndex on ``nid``; the answer must cover all acked writes."""
         try:
-            self.nodes[nid].raw().read_index(ctx)
+            self.nodes[nid].live().read(ctx)
         except ProposalDropped:
             return False
         self._read_floor[ctx] = max(self.acked.values(), default=0)
@@ -430,8 +447,8 @@ class Cluster:
 
     def propose_conf_change(self, nid: str, cc: ConfChange) -> bool:
         try:
-            self.nodes[nid].raw().propose_conf_change(cc)
-        except ProposalDropped:
+            self.nodes[nid].live().propose_conf_change(cc)
+        except (ProposalDropped, RaftError):
             return False
         return True
 
@@ -680,9 +697,10 @@ class Simulation:
     def _fanout(self, rd: Ready) -> None:
         """Give freshly sent messages a random delay (in place)."""
         c, rng, o = self.cluster, self.rng, self.opts
-        if not rd.messages:
+        sent = len(rd.messages) + len(rd.messages_after_persist)
+        if not sent:
             return
-        for f in c.network[-len(rd.messages) :]:
+        for f in c.network[-sent:]:
             if rng.random() < o.delay:
                 f.deliver_at = c.now + rng.randrange(1, o.max_delay + 1)
 
@@ -695,7 +713,9 @@ class Simulation:
             return
         if sn.applied <= disk.snapshot().metadata.index:
             return
-        disk.create_snapshot(sn.applied, sn.conf_state, sn.sm.snapshot())
+        index, conf_state, image = sn.live().snapshot_image()
+        disk.create_snapshot(index, conf_state, image)
+        sn.live().snapshotted(index)
         # Keep a few entries so slightly lagging followers need no snapshot.
         keep = self.rng.randrange(0, 5)
         if sn.applied - keep > disk.first_index():

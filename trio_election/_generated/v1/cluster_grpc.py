@@ -95,10 +95,6 @@ class RaftTransportBase(abc.ABC):
     async def Send(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.RaftBatch, trio_election._generated.v1.cluster_pb2.SendAck]') -> None:
         pass
 
-    @abc.abstractmethod
-    async def Propose(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.ProposeRequest, trio_election._generated.v1.cluster_pb2.ProposeResponse]') -> None:
-        pass
-
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/trio_election.v1.RaftTransport/Send': grpclib.const.Handler(
@@ -106,12 +102,6 @@ class RaftTransportBase(abc.ABC):
                 grpclib.const.Cardinality.STREAM_UNARY,
                 trio_election._generated.v1.cluster_pb2.RaftBatch,
                 trio_election._generated.v1.cluster_pb2.SendAck,
-            ),
-            '/trio_election.v1.RaftTransport/Propose': grpclib.const.Handler(
-                self.Propose,
-                grpclib.const.Cardinality.UNARY_UNARY,
-                trio_election._generated.v1.cluster_pb2.ProposeRequest,
-                trio_election._generated.v1.cluster_pb2.ProposeResponse,
             ),
         }
 
@@ -124,10 +114,4 @@ class RaftTransportStub:
             '/trio_election.v1.RaftTransport/Send',
             trio_election._generated.v1.cluster_pb2.RaftBatch,
             trio_election._generated.v1.cluster_pb2.SendAck,
-        )
-        self.Propose = grpclib.client.UnaryUnaryMethod(
-            channel,
-            '/trio_election.v1.RaftTransport/Propose',
-            trio_election._generated.v1.cluster_pb2.ProposeRequest,
-            trio_election._generated.v1.cluster_pb2.ProposeResponse,
         )

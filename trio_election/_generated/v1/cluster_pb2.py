@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrio_election/v1/cluster.proto\x12\x10trio_election.v1\"k\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"\x0f\n\rStatusRequest\"\xe2\x01\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x0c\n\x04role\x18\x06 \x01(\t\x12)\n\x07members\x18\x07 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x13\n\x0b\x66rom_leader\x18\x08 \x01(\x08\x12\x17\n\x0fpeer_bytes_sent\x18\t \x01(\x04\x12\x12\n\ncluster_id\x18\n \x01(\t\"/\n\x10MemberAddRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"!\n\x13MemberRemoveRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11MemberListRequest\"c\n\x12MemberListResponse\x12)\n\x07members\x18\x01 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"7\n\tRaftBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\"\t\n\x07SendAck\"3\n\x0eProposeRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63onf_change\x18\x02 \x01(\x08\"3\n\x0fProposeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06leader\x18\x02 \x01(\t2\xe3\x02\n\x07\x43luster\x12K\n\x06Status\x12\x1f.trio_election.v1.StatusRequest\x1a .trio_election.v1.StatusResponse\x12U\n\tMemberAdd\x12\".trio_election.v1.MemberAddRequest\x1a$.trio_election.v1.MemberListResponse\x12[\n\x0cMemberRemove\x12%.trio_election.v1.MemberRemoveRequest\x1a$.trio_election.v1.MemberListResponse\x12W\n\nMemberList\x12#.trio_election.v1.MemberListRequest\x1a$.trio_election.v1.MemberListResponse2\xa1\x01\n\rRaftTransport\x12@\n\x04Send\x12\x1b.trio_election.v1.RaftBatch\x1a\x19.trio_election.v1.SendAck(\x01\x12N\n\x07Propose\x12 .trio_election.v1.ProposeRequest\x1a!.trio_election.v1.ProposeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrio_election/v1/cluster.proto\x12\x10trio_election.v1\"k\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"\x0f\n\rStatusRequest\"\x90\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x0c\n\x04role\x18\x06 \x01(\t\x12)\n\x07members\x18\x07 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x13\n\x0b\x66rom_leader\x18\x08 \x01(\x08\x12\x17\n\x0fpeer_bytes_sent\x18\t \x01(\x04\x12\x12\n\ncluster_id\x18\n \x01(\t\x12\x11\n\telections\x18\x0b \x01(\x04\x12\x19\n\x11\x63\x61mpaigns_waiting\x18\x0c \x01(\x04\"/\n\x10MemberAddRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"!\n\x13MemberRemoveRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11MemberListRequest\"c\n\x12MemberListResponse\x12)\n\x07members\x18\x01 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"7\n\tRaftBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\"\t\n\x07SendAck2\xe3\x02\n\x07\x43luster\x12K\n\x06Status\x12\x1f.trio_election.v1.StatusRequest\x1a .trio_election.v1.StatusResponse\x12U\n\tMemberAdd\x12\".trio_election.v1.MemberAddRequest\x1a$.trio_election.v1.MemberListResponse\x12[\n\x0cMemberRemove\x12%.trio_election.v1.MemberRemoveRequest\x1a$.trio_election.v1.MemberListResponse\x12W\n\nMemberList\x12#.trio_election.v1.MemberListRequest\x1a$.trio_election.v1.MemberListResponse2Q\n\rRaftTransport\x12@\n\x04Send\x12\x1b.trio_election.v1.RaftBatch\x1a\x19.trio_election.v1.SendAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=161
   _globals['_STATUSREQUEST']._serialized_end=176
   _globals['_STATUSRESPONSE']._serialized_start=179
-  _globals['_STATUSRESPONSE']._serialized_end=405
-  _globals['_MEMBERADDREQUEST']._serialized_start=407
-  _globals['_MEMBERADDREQUEST']._serialized_end=454
-  _globals['_MEMBERREMOVEREQUEST']._serialized_start=456
-  _globals['_MEMBERREMOVEREQUEST']._serialized_end=489
-  _globals['_MEMBERLISTREQUEST']._serialized_start=491
-  _globals['_MEMBERLISTREQUEST']._serialized_end=510
-  _globals['_MEMBERLISTRESPONSE']._serialized_start=512
-  _globals['_MEMBERLISTRESPONSE']._serialized_end=611
-  _globals['_RAFTBATCH']._serialized_start=613
-  _globals['_RAFTBATCH']._serialized_end=668
-  _globals['_SENDACK']._serialized_start=670
-  _globals['_SENDACK']._serialized_end=679
-  _globals['_PROPOSEREQUEST']._serialized_start=681
-  _globals['_PROPOSEREQUEST']._serialized_end=732
-  _globals['_PROPOSERESPONSE']._serialized_start=734
-  _globals['_PROPOSERESPONSE']._serialized_end=785
-  _globals['_CLUSTER']._serialized_start=788
-  _globals['_CLUSTER']._serialized_end=1143
-  _globals['_RAFTTRANSPORT']._serialized_start=1146
-  _globals['_RAFTTRANSPORT']._serialized_end=1307
+  _globals['_STATUSRESPONSE']._serialized_end=451
+  _globals['_MEMBERADDREQUEST']._serialized_start=453
+  _globals['_MEMBERADDREQUEST']._serialized_end=500
+  _globals['_MEMBERREMOVEREQUEST']._serialized_start=502
+  _globals['_MEMBERREMOVEREQUEST']._serialized_end=535
+  _globals['_MEMBERLISTREQUEST']._serialized_start=537
+  _globals['_MEMBERLISTREQUEST']._serialized_end=556
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=558
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=657
+  _globals['_RAFTBATCH']._serialized_start=659
+  _globals['_RAFTBATCH']._serialized_end=714
+  _globals['_SENDACK']._serialized_start=716
+  _globals['_SENDACK']._serialized_end=725
+  _globals['_CLUSTER']._serialized_start=728
+  _globals['_CLUSTER']._serialized_end=1083
+  _globals['_RAFTTRANSPORT']._serialized_start=1085
+  _globals['_RAFTTRANSPORT']._serialized_end=1166
 # @@protoc_insertion_point(module_scope)
