@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from contextlib import aclosing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, aclosing
 
 import pytest
 import trio
@@ -11,22 +12,32 @@ import trio
 from trio_election import EventKind, InvalidArgument, Unavailable, open_client
 
 
-def _dead_endpoint() -> str:
-    """An address where nothing listens (a port just freed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+@pytest.fixture
+def dead_endpoint() -> Iterator[Callable[[], str]]:
+    """Make addresses where nothing listens: each port stays bound, never
+    listening, until the test ends, so connections are refused and no other
+    process can start to listen there meanwhile (a port merely freed could be)."""
+    with ExitStack() as held:
+
+        def endpoint() -> str:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            return f"127.0.0.1:{sock.getsockname()[1]}"
+
+        yield endpoint
 
 
-async def test_calls_fail_over_to_the_next_endpoint(node_port: int) -> None:
-    async with open_client([_dead_endpoint(), f"127.0.0.1:{node_port}"]) as client:
+async def test_calls_fail_over_to_the_next_endpoint(
+    node_port: int, dead_endpoint: Callable[[], str]
+) -> None:
+    async with open_client([dead_endpoint(), f"127.0.0.1:{node_port}"]) as client:
         attempt = await client.try_become_leader("prod", "w1", 5)
         assert attempt.success
         assert (await client.get_leader("prod")).node_id == "w1"
 
 
-async def test_no_endpoint_answering_raises_unavailable() -> None:
-    async with open_client([_dead_endpoint(), _dead_endpoint()]) as client:
+async def test_no_endpoint_answering_raises_unavailable(dead_endpoint: Callable[[], str]) -> None:
+    async with open_client([dead_endpoint(), dead_endpoint()]) as client:
         with pytest.raises(Unavailable, match="no endpoint answered"):
             await client.get_leader("prod")
 
@@ -143,9 +154,11 @@ async def test_a_broken_watch_resumes_without_missing_a_change(
     assert [e.revision for e in seen[1:]] == [1, 2, 3]
 
 
-async def test_a_campaign_against_a_dead_endpoint_says_why_within_seconds(autojump_clock) -> None:
+async def test_a_campaign_against_a_dead_endpoint_says_why_within_seconds(
+    autojump_clock, dead_endpoint: Callable[[], str]
+) -> None:
     told: list[tuple[float, str]] = []
-    async with open_client([_dead_endpoint()]) as client:
+    async with open_client([dead_endpoint()]) as client:
         with trio.move_on_after(10):
             await client.campaign(
                 "prod", "w1", 5, on_retry=lambda exc: told.append((trio.current_time(), str(exc)))
@@ -157,9 +170,11 @@ async def test_a_campaign_against_a_dead_endpoint_says_why_within_seconds(autoju
     assert len(told) > 3  # and it keeps trying (and telling) while it waits
 
 
-async def test_a_watch_against_a_dead_endpoint_says_why_and_keeps_trying(autojump_clock) -> None:
+async def test_a_watch_against_a_dead_endpoint_says_why_and_keeps_trying(
+    autojump_clock, dead_endpoint: Callable[[], str]
+) -> None:
     told: list[str] = []
-    async with open_client([_dead_endpoint()]) as client:
+    async with open_client([dead_endpoint()]) as client:
         with trio.move_on_after(10):
             async with aclosing(client.watch("prod", on_retry=lambda e: told.append(str(e)))) as w:
                 async for _ in w:

@@ -116,7 +116,10 @@ async def test_candidates_take_turns_in_order_with_rising_tokens(
             await first_in.wait()
             for name in ("w2", "w3"):
                 nursery.start_soon(worker, client, name, None)
-                await trio.sleep(0.1)  # w2 queues before w3
+                # w2 queues before w3. Virtual time (autojump_clock): the clock
+                # moves on only once every task waits, so w2's Campaign has
+                # reached the in-process node by then.
+                await trio.sleep(0.1)
     assert [name for name, _ in order] == ["w1", "w2", "w3"]
     tokens = [token for _, token in order]
     assert tokens == sorted(tokens) and len(set(tokens)) == 3
@@ -140,6 +143,8 @@ async def test_cancelled_campaign_leaves_the_queue(
         assert (await client.try_become_leader("prod", "w1", TTL)).success
         with trio.move_on_after(1):
             await client.campaign("prod", "w2", TTL)
+        # Virtual time, as above: by the time it moves on, the in-process node
+        # has seen the cancelled Campaign's stream end.
         await trio.sleep(0.1)
         assert await client.release("prod", "w1")
         assert await client.get_leader("prod") is None  # w2 is not waiting any more

@@ -3,15 +3,38 @@
 A :class:`Cluster` starts ``python -m trio_election node`` processes, each with
 its own data dir and log file under the test's tmp_path, and talks to them
 over gRPC (the ``Cluster.Status`` RPC) from the test's Trio run. These are real
-processes with real clocks, so waiting for them is polling with short sleeps,
-always bounded by ``trio.fail_after``. Every process is SIGKILLed at teardown,
-whatever the test did.
+processes with real clocks, so no virtual time: waiting for them is polling
+something observable (a log line, a Status or Health answer) with short sleeps
+between polls, always bounded by ``trio.fail_after``. Every process is
+SIGKILLed at teardown, whatever the test did.
+
+Ports. A node's client port is never chosen here: every node listens on
+``127.0.0.1:0`` and :meth:`Cluster.spawn` learns the port from its "serving
+clients on HOST:PORT, peers on HOST:PORT" log line (which is also how it knows
+the node is up). Peer ports cannot work that way: every ``--initial-cluster``
+names all members' peer addresses before any of them starts, the first node
+of a cluster advertises its ``--initial-cluster`` entry (so even bootstrapping
+one node and ``--join``-ing the rest needs one port in advance, and would no
+longer test ``--initial-cluster``), and a restarted node binds the peer
+address its data dir remembers. So the harness reserves each peer port for
+the whole test, and does not merely pick one that was free a moment ago: it
+keeps open a socket bound to it with SO_REUSEADDR that never listens, until
+:meth:`Cluster.aclose`. On Linux the node, whose listeners set SO_REUSEADDR
+too, can bind and listen on that port, while no other process can take it:
+a bind without SO_REUSEADDR fails with EADDRINUSE, and the kernel never hands
+a bound port to a bind to port 0 or to an outgoing connection. So there is no
+window between choosing the port and the node binding it, not even while a
+node is down between a kill and its restart. (Retrying a start-up on
+EADDRINUSE would only paper over that window.) Elsewhere (BSD and macOS share
+a port only with SO_REUSEPORT) the reservation falls back to
+:func:`free_port`, with its small race.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,20 +53,27 @@ from trio_election.testing import CertFiles, make_certs, write_secret
 
 #: How long a cluster may take to agree on a Raft leader (processes start in ~0.3 s).
 STABLE_TIMEOUT = 20.0
+#: How long a node may take to say it serves (a --join waits for the join first).
+SERVING_TIMEOUT = 20.0
 #: Deadline of each Status poll.
 POLL_TIMEOUT = 1.0
 #: Pause between polls.
 POLL_INTERVAL = 0.05
 
 
-def free_port() -> int:
-    """A port that was free a moment ago.
+#: Whether a bound socket that never listens can reserve a port for a node
+#: process to listen on (Linux SO_REUSEADDR semantics; see the module docstring).
+RESERVATION_WORKS = sys.platform.startswith("linux")
 
-    Members must know each other's addresses before any of them starts, so the
-    port is picked here by binding port 0 and closing the socket, not by the
-    node itself. Another process could take it in between (a small race,
-    acceptable on a test machine); the node would then fail to start and the
-    test would fail with its log printed, not pass wrongly.
+#: A node's start-up line: its client port, and its peer address.
+SERVING = re.compile(r"serving clients on [^\s,]+:(\d+), peers on (\S+):(\d+) ")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, and may not be by the time it is used.
+
+    Another process could take it in between. Use :meth:`Cluster.reserve_address`
+    for an address a node will listen on, or one where nothing may listen.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -55,6 +85,7 @@ class NodeProcess:
     """One member: its identity, its data dir and log, and its process if running."""
 
     id: str
+    #: The client address: where it serves now (each start picks a new port).
     address: str
     peer_address: str
     data_dir: Path
@@ -84,6 +115,23 @@ class Cluster:
         self.key_file = write_secret(root / "cluster.key")
         #: Set by use_mutual_tls: each member's certificate instead of the key.
         self.certs: dict[str, CertFiles] | None = None
+        #: The sockets that hold reserve_address's ports until aclose.
+        self._reserved: list[socket.socket] = []
+
+    def reserve_address(self) -> str:
+        """A loopback address whose port is this cluster's until :meth:`aclose`.
+
+        Nothing listens there unless a node is started on it (connections are
+        refused), and no other process can take the port meanwhile; see the
+        module docstring.
+        """
+        if not RESERVATION_WORKS:
+            return f"127.0.0.1:{free_port()}"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._reserved.append(sock)
+        return f"127.0.0.1:{sock.getsockname()[1]}"
 
     def use_mutual_tls(self, names: Iterable[str]) -> None:
         """Authenticate peers by certificates of one fresh CA instead of the key."""
@@ -112,10 +160,12 @@ class Cluster:
         return [self.nodes[i].address for i in (self.nodes if ids is None else ids)]
 
     def add(self, node_id: str) -> NodeProcess:
+        """A new member with a reserved peer address; its client address (port 0
+        until then) is learnt when it is spawned."""
         node = NodeProcess(
             node_id,
-            f"127.0.0.1:{free_port()}",
-            f"127.0.0.1:{free_port()}",
+            "127.0.0.1:0",
+            self.reserve_address(),
             self.root / node_id,
             self.root / f"{node_id}.log",
         )
@@ -128,17 +178,30 @@ class Cluster:
         for node_id in ids:
             self.add(node_id)
         initial = ",".join(f"{i}={self.nodes[i].peer_address}" for i in ids)
-        for node_id in ids:
-            await self.spawn(node_id, "--initial-cluster", initial)
+        # All start at once (none can elect a leader alone), then each says it serves.
+        offsets = {i: await self._launch(i, "--initial-cluster", initial) for i in ids}
+        for node_id, offset in offsets.items():
+            await self._wait_serving(node_id, offset)
         return await self.wait_stable(ids)
 
     async def spawn(self, node_id: str, *extra: str, peer_listen: bool = True) -> NodeProcess:
         """Start (or restart) ``node_id`` with ``--id --listen --data-dir``, its peer
-        credentials, ``--peer-listen`` (unless ``peer_listen`` is False) and ``extra``."""
+        credentials, ``--peer-listen`` (unless ``peer_listen`` is False) and ``extra``;
+        return once it serves (after its join, with ``--join``).
+
+        It listens for clients on port 0: ``node.address`` is set from its log.
+        """
+        await self._wait_serving(
+            node_id, await self._launch(node_id, *extra, peer_listen=peer_listen)
+        )
+        return self.nodes[node_id]
+
+    async def _launch(self, node_id: str, *extra: str, peer_listen: bool = True) -> int:
+        """Start the process (see :meth:`spawn`); return where its output begins in its log."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is running already"
         command = [sys.executable, "-m", "trio_election", "node", "--id", node_id]
-        command += ["--listen", node.address, "--data-dir", str(node.data_dir)]
+        command += ["--listen", "127.0.0.1:0", "--data-dir", str(node.data_dir)]
         if peer_listen:
             command += ["--peer-listen", node.peer_address]
         command += self.peer_flags(node_id)
@@ -146,6 +209,7 @@ class Cluster:
         with open(node.log_path, "ab") as log:
             log.write(f"==== {' '.join(command[1:])}\n".encode())
             log.flush()
+            offset = log.tell()
             node.process = await trio.lowlevel.open_process(
                 command,
                 stdout=log,
@@ -153,7 +217,35 @@ class Cluster:
                 cwd=self.root,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        return node
+        return offset
+
+    async def _wait_serving(self, node_id: str, offset: int) -> None:
+        """Wait until ``node_id`` logs (past ``offset``) that it serves; learn its
+        client address from that line and check its peer address."""
+        node = self.nodes[node_id]
+        assert node.process is not None
+        text = ""
+        try:
+            with trio.fail_after(SERVING_TIMEOUT):
+                while True:
+                    text = node.log_path.read_bytes()[offset:].decode(errors="replace")
+                    if match := SERVING.search(text):
+                        break
+                    if node.process.returncode is not None:
+                        raise AssertionError(
+                            f"{node_id} exited with {node.process.returncode} before it served:"
+                            f"\n{text}"
+                        )
+                    await trio.sleep(POLL_INTERVAL)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"{node_id} did not say it serves within {SERVING_TIMEOUT:g} s:\n{text}"
+            ) from None
+        node.address = f"127.0.0.1:{match[1]}"
+        peer = f"{match[2]}:{match[3]}"
+        assert peer == node.peer_address, (
+            f"{node_id} serves peers on {peer}, not {node.peer_address}"
+        )
 
     async def restart(self, node_id: str) -> NodeProcess:
         """Start a stopped member again from its data dir: no cluster flags at all
@@ -186,6 +278,9 @@ class Cluster:
                     node.process.kill()
                     with trio.move_on_after(10):
                         node.exit_codes.append(await node.process.wait())
+            for sock in self._reserved:
+                sock.close()
+            self._reserved.clear()
 
     def logs(self) -> str:
         parts = []

@@ -279,9 +279,10 @@ def test_the_images_healthcheck_passes_while_the_node_serves(tmp_path: Path) -> 
 
 def test_the_images_healthcheck_fails_when_nothing_listens() -> None:
     with socket.socket() as sock:
+        # Bound but never listening: connections are refused, and no other
+        # process can start to listen on the port while the check runs.
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # free once closed
-    assert healthcheck(port).returncode == 1
+        assert healthcheck(sock.getsockname()[1]).returncode == 1
 
 
 # -- docs/operations.md --------------------------------------------------------
