@@ -12,6 +12,10 @@ test *ARGS:
 demo:
     {{python}} tools/demo.py
 
+# A larger sweep of the seeded simulations: just simulate --seeds 1000
+simulate *ARGS:
+    {{python}} tools/simulate.py {{ARGS}}
+
 # Measure speed and memory against a node in its own process.
 bench *ARGS:
     {{python}} tools/bench.py {{ARGS}}
