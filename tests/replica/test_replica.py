@@ -1,0 +1,82 @@
+"""The replica on its own: one node, driven by hand as a runtime drives it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from trio_election._errors import InvalidArgument, PermissionDenied
+from trio_election.core import Acquire, Expire
+from trio_election.core._codec import encode_command
+from trio_election.raft import Config, Entry, EntryType, MemoryStorage, Message, MessageType
+from trio_election.replica import Done, Elections, Replica, _replica
+
+
+def single_node() -> tuple[Replica, MemoryStorage]:
+    storage = MemoryStorage()
+    replica = Replica(storage, Elections(), 0.0, Config(id="n1", rng=random.Random(1)))
+    replica.bootstrap({"n1": "127.0.0.1:1"})
+    drain(replica, storage)  # the bootstrap membership is applied first
+    replica.raw.campaign()
+    drain(replica, storage)
+    assert replica.leader == "n1"
+    return replica, storage
+
+
+def drain(replica: Replica, storage: MemoryStorage, now: float = 0.0) -> list[Done]:
+    """What a runtime does: send (nowhere here), persist, advance."""
+    done = []
+    while replica.has_ready():
+        work = replica.ready(now)
+        if work.snapshot is not None:
+            storage.apply_snapshot(work.snapshot)
+        storage.append(work.entries)
+        if work.hard_state is not None:
+            storage.set_hard_state(work.hard_state)
+        done.append(replica.advance(work, now))
+    return done
+
+
+def applied_ids(done: list[Done]) -> list[str]:
+    return [a.request_id for d in done for a in d.applied]
+
+
+def grant(election: str, request_id: str) -> bytes:
+    return encode_command(Acquire(election, "w1", 5000), request_id)
+
+
+def test_a_request_id_is_applied_once_however_often_it_is_logged() -> None:
+    replica, storage = single_node()
+    replica.submit(grant("e", "n1/b/1"), "n1/b/1")
+    replica.raw.propose(grant("e", "n1/b/1"))  # a retried copy that made it into the log too
+    assert applied_ids(drain(replica, storage)) == ["n1/b/1"]
+
+
+def test_a_request_id_is_forgotten_only_past_the_dedupe_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_replica, "DEDUPE_ENTRIES", 3)
+    replica, storage = single_node()
+    for n in range(5):
+        replica.raw.propose(grant(f"e{n}", f"r{n}"))
+    drain(replica, storage)
+    replica.raw.propose(grant("e9", "r4"))  # within the window: skipped
+    replica.raw.propose(grant("e9", "r0"))  # long past it: applied again
+    assert applied_ids(drain(replica, storage)) == ["r0"]
+
+
+def test_a_forwarded_proposal_is_checked_as_a_client_call() -> None:
+    replica, _ = single_node()
+    replica.members["n2"] = "127.0.0.1:2"
+
+    def forwarded(data: bytes, kind: EntryType = EntryType.NORMAL) -> Message:
+        entry = Entry(term=0, index=0, type=kind, data=data)
+        return Message(MessageType.PROP, to="n1", from_="n2", entries=(entry,))
+
+    with pytest.raises(PermissionDenied, match="Expire"):
+        replica.step(forwarded(encode_command(Expire("e", 1, 0), "")))
+    with pytest.raises(InvalidArgument, match="data"):
+        replica.step(forwarded(b"not a command"))
+    with pytest.raises(InvalidArgument, match="not a membership change"):
+        replica.step(forwarded(b"\xff", EntryType.CONF_CHANGE))
