@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from trio_election.replica import Replica
 from trio_election.testing import (
     ElectionSimOptions,
     ElectionSimulation,
@@ -259,3 +260,24 @@ TestElectionClusterMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_the_simulation_catches_a_read_answered_without_read_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mutation of the shipped replica: ``read`` answers from the local state
+    at once (a follower that skips ReadIndex). The simulation runs the real
+    replica, so a stale read must be caught."""
+
+    def read_locally(self: Replica, ctx: bytes) -> None:
+        self._reads[ctx] = self.applied
+
+    monkeypatch.setattr(Replica, "read", read_locally)
+    for seed in range(40):
+        try:
+            run_seed("three_nodes", seed)
+        except InvariantViolation as e:
+            assert "stale read" in str(e), e
+            print(f"caught at seed {seed}: {e}")
+            return
+    pytest.fail("reads answered without ReadIndex survived 40 seeds of 'three_nodes'")
