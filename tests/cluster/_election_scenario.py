@@ -83,7 +83,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.raft._scenario import nid, parse, render
+from tests.raft._scenario import nid, run_file as run_scenario_file
 from trio_election._errors import ElectionError
 from trio_election.core import (
     Acquire,
@@ -754,21 +754,4 @@ class Interpreter:
 
 
 def run_file(path: Path, rewrite: bool) -> None:
-    blocks, trailing = parse(path.read_text())
-    interp = Interpreter()
-    failures = []
-    for b in blocks:
-        actual = interp.run(b.command)
-        if actual != b.expected:
-            failures.append((b, b.expected, actual))
-            b.expected = actual
-    if rewrite:
-        path.write_text(render(blocks, trailing))
-        return
-    if failures:
-        b, expected, actual = failures[0]
-        raise AssertionError(
-            f"{path.name}: command {b.command!r} output differs "
-            f"({len(failures)} block(s) differ; run pytest --rewrite and review the diff)\n"
-            f"--- expected\n{expected}\n--- actual\n{actual}"
-        )
+    run_scenario_file(path, rewrite, Interpreter)

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trio_election.raft import (
     ConfChange,
@@ -428,9 +429,10 @@ class Interpreter:
         self.emit("ok")
 
 
-def run_file(path: Path, rewrite: bool) -> None:
+def run_file(path: Path, rewrite: bool, interpreter: Callable[[], Any] | None = None) -> None:
+    """Run one scenario file with a fresh ``interpreter()`` (this module's by default)."""
     blocks, trailing = parse(path.read_text())
-    interp = Interpreter()
+    interp = (interpreter or Interpreter)()
     failures = []
     for b in blocks:
         actual = interp.run(b.command)
