@@ -342,6 +342,7 @@ class Interpreter:
             applied, conf_state, image = sn.live().snapshot_image()
             sn.disk.create_snapshot(applied, conf_state, image)
             sn.live().snapshotted(applied)
+            sn.synced_hard_state = sn.disk.hard_state  # an fsynced write
         sn.disk.compact(index)
         self.emit(f"{sn.id}: snapshot+compact at {index}, first index {sn.disk.first_index()}")
 

@@ -35,6 +35,7 @@ from trio_election.raft import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     MemoryStorage,
     Message,
     MessageType,
@@ -105,6 +106,8 @@ class SimNode:
     replica: Replica | None = None
     incarnation: int = 0
     bootstrap: list[str] | None = None  # initial members, if this is one
+    #: The hard state as of the last fsynced write (None: never written).
+    synced_hard_state: HardState | None = None
 
     @property
     def alive(self) -> bool:
@@ -214,8 +217,12 @@ class Cluster:
             sn.replica.bootstrap({member: member for member in sn.bootstrap})
 
     def crash(self, nid: str) -> None:
-        """Lose everything ``nid`` holds in memory (its disk survives)."""
-        self.nodes[nid].replica = None
+        """Lose everything ``nid`` holds in memory, and its unsynced writes
+        (the disk's synced state survives)."""
+        sn = self.nodes[nid]
+        sn.replica = None
+        if sn.synced_hard_state is not None and sn.disk.hard_state != sn.synced_hard_state:
+            sn.disk.set_hard_state(sn.synced_hard_state)
 
     def restart(self, nid: str) -> None:
         """Start ``nid`` again from its disk."""
@@ -312,7 +319,9 @@ class Cluster:
     # -- Ready handling --------------------------------------------------
 
     def persist(self, sn: SimNode, rd: Ready | Work) -> None:
-        """Write ``rd``'s durable parts to the disk (one fsynced batch)."""
+        """Write ``rd``'s durable parts to the disk: one fsynced batch, or,
+        when only the commit index moved (``must_sync`` False, as the server
+        then writes without an fsync), a write that a crash loses."""
         if rd.snapshot is not None:
             sn.disk.apply_snapshot(rd.snapshot)
         if rd.entries:
@@ -321,6 +330,8 @@ class Cluster:
             old = sn.disk.hard_state.commit
             sn.disk.set_hard_state(rd.hard_state)
             self._record_committed(sn, old, rd.hard_state.commit)
+        if rd.must_sync:
+            sn.synced_hard_state = sn.disk.hard_state
 
     def _check_ready(self, sn: SimNode, rd: Ready) -> None:
         """Before the replica applies ``rd``: each entry once, agreeing with the commits."""
@@ -716,6 +727,9 @@ class Simulation:
         index, conf_state, image = sn.live().snapshot_image()
         disk.create_snapshot(index, conf_state, image)
         sn.live().snapshotted(index)
+        # The snapshot's write is fsynced, and makes what was written before
+        # it durable too (as a later SQLite commit does in the server).
+        sn.synced_hard_state = disk.hard_state
         # Keep a few entries so slightly lagging followers need no snapshot.
         keep = self.rng.randrange(0, 5)
         if sn.applied - keep > disk.first_index():
