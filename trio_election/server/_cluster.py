@@ -224,7 +224,12 @@ class ClusterNode(HubClient):
         self._store.set_meta("cluster_id", cluster_id)
         self.peers.update(self.members)
 
-    # -- the client interface (awaited by the asyncio gRPC handlers) -----------
+    # -- the asyncio side --------------------------------------------------------
+    #
+    # The coroutines below are awaited by the gRPC handlers, which run on the
+    # asyncio loop (``_bridge``). They await nothing but a ``Waiter`` and call
+    # only this class's synchronous methods; everything else here is Trio code
+    # (the tasks under ``run``), which sets the Waiters.
 
     async def execute(self, command: Command) -> Outcome:
         """Propose ``command``; return its outcome once this node applied it.
@@ -249,18 +254,6 @@ class ClusterNode(HubClient):
             self._pending.pop(request_id, None)
             self.replica.forget(request_id)
 
-    def submit(self, command: Command) -> None:
-        """Propose ``command`` and do not wait (clean-up paths: a Campaign that
-        leaves the queue, a grant given back); proposed again until applied,
-        for at most the request timeout."""
-        if self.closing:
-            return
-        request_id = f"{self.id}/{self._boot}/{next(self._seq)}"
-        ticks = round(self.config.request_timeout_s / self.config.tick_s)
-        with contextlib.suppress(ProposalDropped):  # proposed again once a leader is known
-            self.replica.submit(encode_command(command, request_id), request_id, ticks)
-        self._wake.set()
-
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, linearizably (ReadIndex)."""
         if self.closing:
@@ -268,7 +261,7 @@ class ClusterNode(HubClient):
         ctx = f"{self._boot}/{next(self._seq)}".encode()
         waiter = Waiter()
         self._reads[ctx] = waiter
-        deadline = trio.current_time() + self.config.request_timeout_s
+        deadline = self.clock() + self.config.request_timeout_s
         # A read forwarded to a leader that then died is never answered: ask
         # again after an election timeout's worth of ticks.
         retry = 20 * self.config.tick_s
@@ -279,7 +272,7 @@ class ClusterNode(HubClient):
                 except ProposalDropped:  # no Raft leader known: nobody to confirm with
                     raise Unavailable(self._why_no_commit()) from None
                 self._wake.set()
-                left = deadline - trio.current_time()
+                left = deadline - self.clock()
                 try:
                     await waiter.wait(min(retry, left))
                     break
@@ -290,8 +283,6 @@ class ClusterNode(HubClient):
             self._reads.pop(ctx, None)
             self.replica.forget_read(ctx)
         return self.machine.holder(election)
-
-    # -- membership -----------------------------------------------------------
 
     async def change_membership(self, change: ConfChange) -> dict[str, str]:
         """Propose a membership change; return the members once it applied."""
@@ -309,6 +300,25 @@ class ClusterNode(HubClient):
         finally:
             self._conf_waiters.pop(key, None)
         return dict(self.members)
+
+    # -- synchronous, called from either side ----------------------------------------
+
+    def submit(self, command: Command) -> None:
+        """Propose ``command`` and do not wait (clean-up paths: a Campaign that
+        leaves the queue, a grant given back); proposed again until applied,
+        for at most the request timeout."""
+        if self.closing:
+            return
+        request_id = f"{self.id}/{self._boot}/{next(self._seq)}"
+        ticks = round(self.config.request_timeout_s / self.config.tick_s)
+        with contextlib.suppress(ProposalDropped):  # proposed again once a leader is known
+            self.replica.submit(encode_command(command, request_id), request_id, ticks)
+        self._wake.set()
+
+    def _why_no_commit(self) -> str:
+        if self.leader is None:
+            return "no Raft leader: the cluster has no quorum or is electing one; retry"
+        return f"the command did not commit within {self.config.request_timeout_s:g} s; retry"
 
     def propose_conf_change(self, change: ConfChange) -> None:
         try:
@@ -333,12 +343,7 @@ class ClusterNode(HubClient):
         """Whether ``node_id`` is a member as of this node's applied state."""
         return self.replica.is_member(node_id)
 
-    # -- the Raft loop ----------------------------------------------------------
-
-    def _why_no_commit(self) -> str:
-        if self.leader is None:
-            return "no Raft leader: the cluster has no quorum or is electing one; retry"
-        return f"the command did not commit within {self.config.request_timeout_s:g} s; retry"
+    # -- the Trio side: the tasks that drive the replica --------------------------
 
     async def _ticker(self) -> None:
         while True:
