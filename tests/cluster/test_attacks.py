@@ -35,7 +35,7 @@ from trio_election.raft import (
 from trio_election.server._raft_store import RaftStore
 from trio_election.testing import make_certs, write_secret
 
-from ._harness import Cluster, NodeProcess, free_port, run_cli
+from ._harness import Cluster, NodeProcess, run_cli
 
 ADD = ConfChangeType.ADD_NODE
 
@@ -371,8 +371,9 @@ async def test_a_node_with_another_ca_cannot_join_a_mutual_tls_cluster(cluster: 
 
 async def test_a_cluster_member_without_peer_credentials_refuses_to_start(tmp_path: Path):
     command = [sys.executable, "-m", "trio_election", "node", "--id", "n1"]
-    command += ["--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "n1")]
-    command += ["--initial-cluster", f"n1=127.0.0.1:{free_port()}"]
+    # The node refuses before it binds anything: no port needs to be free.
+    command += ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "n1")]
+    command += ["--initial-cluster", "n1=127.0.0.1:1"]
     with trio.fail_after(30):
         result = await trio.run_process(
             command, capture_stdout=True, capture_stderr=True, check=False
@@ -391,7 +392,7 @@ async def test_committed_entries_that_do_not_decode_are_no_ops_not_a_crash(
     applies them as the same no-op and logs it: the node starts and serves,
     where before it exited on every restart."""
     data_dir = tmp_path / "n1"
-    peer = f"127.0.0.1:{free_port()}"
+    peer = cluster.reserve_address()
     store = RaftStore(data_dir)
     entries = [
         Entry(
@@ -406,7 +407,7 @@ async def test_committed_entries_that_do_not_decode_are_no_ops_not_a_crash(
     store.set_meta("node_id", "n1")
     store.close()
     node = cluster.nodes["n1"] = NodeProcess(
-        "n1", f"127.0.0.1:{free_port()}", peer, data_dir, tmp_path / "n1.log"
+        "n1", "127.0.0.1:0", peer, data_dir, tmp_path / "n1.log"
     )
     await cluster.spawn("n1")
     await cluster.wait_stable(["n1"])
