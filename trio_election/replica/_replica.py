@@ -26,9 +26,11 @@ decision that keeps a promise of docs/design.md is taken here, once:
 * **Proposals** (``submit``) go into the log on the leader; a follower's go
   to the leader inside Raft's own message flow (a PROP message, as
   etcd-io/raft forwards ``MsgProp``). One that is lost (a leader change, a
-  dropped message) is proposed again every ``retry_ticks`` ticks and at once
-  when the leader changes, until the entry is applied or the runtime gives
-  up (``forget``). A request id is applied once: a later copy of it in the
+  dropped message) is proposed again at the first tick after a leader
+  change and, on a follower, every ``retry_ticks`` ticks, until the entry
+  is applied or the runtime gives up (``forget``). A leader that stays
+  leader loses none of its entries, so it never repeats itself because a
+  commit is slow. A request id is applied once: a later copy of it in the
   log is skipped on every replica (the ids applied in the last
   ``DEDUPE_ENTRIES`` entries are remembered, in the snapshot too), so it is
   never applied twice, nor answered twice.
@@ -206,8 +208,9 @@ class Replica:
         now: The clock, for restoring a snapshot found in ``storage``.
         config: The Raft core's configuration; its ``id`` is this member's.
         snapshot_entries: Applied entries between snapshots.
-        retry_ticks: Ticks after which a proposal not yet applied is proposed
-            again (default: two election timeouts).
+        retry_ticks: Ticks after which a follower proposes again what it
+            submitted and has not seen applied (default: two election
+            timeouts); a leader proposes again only after a leader change.
         gone_ticks: Ticks without hearing from a member after which the leader
             takes it for gone, and ends what it left open (four election
             timeouts: 2 s at the default tick).
@@ -231,6 +234,7 @@ class Replica:
         self.abandon_check_ticks = config.election_tick
         self._ticks = 0
         self._leader_since = 0
+        self._resend: set[str] = set()  # request ids to propose again at the next tick
         self._proposals: dict[str, _Proposal] = {}  # request id -> not applied yet
         self._seen: dict[str, int] = {}  # request id -> the index it was applied at
         self._seen_order: deque[tuple[int, str]] = deque()
@@ -269,10 +273,15 @@ class Replica:
                     self.raw.propose(data)
                 except ProposalDropped:
                     break  # the machine proposes again after its retry interval
+        # A leader that stays leader loses none of its entries: it proposes
+        # again only after a leader change, never because a commit is slow
+        # (which would only add to the load that made it slow).
+        resend, self._resend = self._resend, set()
+        timed = self.role is not Role.LEADER
         for request_id, proposal in list(self._proposals.items()):
             if proposal.until is not None and proposal.until <= self._ticks:
                 del self._proposals[request_id]
-            elif proposal.retry_at <= self._ticks:
+            elif request_id in resend or (timed and proposal.retry_at <= self._ticks):
                 self._send_proposal(proposal)
 
     def _alive(self) -> Callable[[str], bool]:
@@ -396,9 +405,9 @@ class Replica:
                 self.machine.lead(now)
                 self._leader_since = self._ticks
             if changed and leader is not None:
-                # What the old leader held unlogged is lost: propose it again.
-                for proposal in self._proposals.values():
-                    proposal.retry_at = self._ticks
+                # What the old leader held uncommitted may be lost: propose
+                # it again on the next tick.
+                self._resend = set(self._proposals)
         return Work(
             messages=rd.messages,
             hard_state=rd.hard_state,
