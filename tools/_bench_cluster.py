@@ -753,8 +753,8 @@ def render(cluster: dict[str, Any], config: dict[str, Any]) -> str:
         )
     parts.append(
         f"Idle cluster: {cluster['idle_peer_bytes_per_s']:,} B/s between nodes (Raft "
-        "heartbeats), included in B/op. peer_bytes_sent counts Raft messages only: the "
-        "Propose RPC by which a follower forwards a command to the leader is not in it."
+        "heartbeats), included in B/op. peer_bytes_sent counts Raft messages, and so "
+        "the commands a follower forwards to the leader (PROP messages) too."
     )
     parts.append(
         b._table(
