@@ -326,7 +326,11 @@ async def run_story(story, procs, nursery, nodes, initial, tmp) -> None:
         await procs.start(raft_leader, node_argv(raft_leader, nodes[raft_leader], tmp))
         with trio.fail_after(30):
             while True:
-                mine, theirs = await status(nodes[raft_leader]), await status(nodes[new_leader])
+                # The leader's commit index first, then ours: renewals keep
+                # committing, and asked the other way round the target moves
+                # on while we ask.
+                theirs = await status(nodes[new_leader])
+                mine = await status(nodes[raft_leader])
                 if mine and theirs and mine["applied_index"] >= theirs["commit_index"] > 0:
                     break
                 await trio.sleep(0.2)
