@@ -78,12 +78,11 @@ it became leader.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.raft._scenario import nid, run_file as run_scenario_file
+from tests.raft._scenario import command_handler, nid, run_file as run_scenario_file
 from trio_election._errors import ElectionError
 from trio_election.core import (
     Acquire,
@@ -345,13 +344,7 @@ class Interpreter:
 
     def run(self, command: str) -> str:
         self.out = []
-        args = shlex.split(command)
-        name, rest = args[0], args[1:]
-        handler: Callable[[list[str]], None] | None = getattr(
-            self, "cmd_" + name.replace("-", "_"), None
-        )
-        if handler is None:
-            raise ValueError(f"unknown command {name!r}")
+        handler, rest = command_handler(self, command)
         try:
             handler(rest)
         except (RaftError, ElectionError) as e:

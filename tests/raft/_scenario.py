@@ -119,13 +119,7 @@ class Interpreter:
 
     def run(self, command: str) -> str:
         self.out = []
-        args = shlex.split(command)
-        name, rest = args[0], args[1:]
-        handler: Callable[[list[str]], None] | None = getattr(
-            self, "cmd_" + name.replace("-", "_"), None
-        )
-        if handler is None:
-            raise ValueError(f"unknown command {name!r}")
+        handler, rest = command_handler(self, command)
         try:
             handler(rest)
         except (RaftError, AssertionError) as e:
@@ -428,6 +422,15 @@ class Interpreter:
         self.c.check_replicas_agree()
         self.c.check_acked_survive(self.c.nodes, caught_up_only=True)
         self.emit("ok")
+
+
+def command_handler(interp: object, command: str) -> tuple[Callable[[list[str]], None], list[str]]:
+    """The ``cmd_NAME`` method of ``interp`` for one command line, and its arguments."""
+    name, *rest = shlex.split(command)
+    handler = getattr(interp, "cmd_" + name.replace("-", "_"), None)
+    if handler is None:
+        raise ValueError(f"unknown command {name!r}")
+    return handler, rest
 
 
 def run_file(path: Path, rewrite: bool, interpreter: Callable[[], Any] | None = None) -> None:
