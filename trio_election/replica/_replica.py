@@ -58,7 +58,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from .._errors import InvalidArgument
@@ -146,28 +146,45 @@ class Machine(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """One Ready, as the runtime must carry it out, in field order.
+    """One Ready, as the runtime must carry it out, in this order:
+
+    1. send ``messages`` (they may go while the write runs);
+    2. persist ``snapshot``, ``entries`` and ``hard_state``, fsynced if
+       ``must_sync``;
+    3. send ``messages_after_persist`` (only once the write is durable);
+    4. :meth:`Replica.advance`.
 
     Attributes:
-        messages: Send at once (they may go while the write runs).
-        hard_state, entries, snapshot: Persist these, fsynced if ``must_sync``.
-        messages_after_persist: Send only once the write is durable.
+        ready: The Raft core's Ready.
         leader_changed: The Raft leader (or this node's role) changed.
     """
 
-    messages: tuple[Message, ...]
-    hard_state: HardState | None
-    entries: tuple[Entry, ...]
-    snapshot: Snapshot | None
-    must_sync: bool
-    messages_after_persist: tuple[Message, ...]
+    ready: Ready
     leader_changed: bool
-    ready: Ready = field(repr=False)
 
     @property
-    def writes(self) -> bool:
-        """Whether anything is to be persisted."""
-        return self.must_sync or self.hard_state is not None
+    def messages(self) -> tuple[Message, ...]:
+        return self.ready.messages
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.ready.snapshot
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return self.ready.entries
+
+    @property
+    def hard_state(self) -> HardState | None:
+        return self.ready.hard_state
+
+    @property
+    def must_sync(self) -> bool:
+        return self.ready.must_sync
+
+    @property
+    def messages_after_persist(self) -> tuple[Message, ...]:
+        return self.ready.messages_after_persist
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +194,8 @@ class Done:
     Attributes:
         applied: Each committed command's :class:`Applied`, in log order.
         reads: The contexts of ``read`` calls that may now proceed.
-        members_changed: The member table changed (a membership entry or a
-            snapshot).
+        members_changed: The member table may have changed (a membership
+            entry was applied, or a snapshot installed).
         removed: This node was removed from the cluster.
         installed_snapshot: The index of a snapshot restored from the leader.
         snapshot_due: Enough entries were applied since the last snapshot.
@@ -408,30 +425,22 @@ class Replica:
                 # What the old leader held uncommitted may be lost: propose
                 # it again on the next tick.
                 self._resend = set(self._proposals)
-        return Work(
-            messages=rd.messages,
-            hard_state=rd.hard_state,
-            entries=rd.entries,
-            snapshot=rd.snapshot,
-            must_sync=rd.must_sync,
-            messages_after_persist=rd.messages_after_persist,
-            leader_changed=changed,
-            ready=rd,
-        )
+        return Work(rd, changed)
 
     def advance(self, work: Work, now: float) -> Done:
         """``work`` was carried out: apply what it committed."""
         rd = work.ready
         installed = None
-        members_before = dict(self.members)
         if rd.snapshot is not None and not rd.snapshot.is_empty:
             self._restore(rd.snapshot, now)
             installed = self.applied
+        members_changed = installed is not None
         applied: list[Applied] = []
         removed = False
         for entry in rd.committed_entries:
             self.applied = entry.index
             if entry.type is EntryType.CONF_CHANGE:
+                members_changed = True
                 removed |= self._apply_conf_change(entry)
             elif entry.data:  # not a new leader's empty entry
                 request_id = self.machine.request_id(entry.data)
@@ -456,7 +465,7 @@ class Replica:
         return Done(
             applied=tuple(applied),
             reads=reads,
-            members_changed=self.members != members_before,
+            members_changed=members_changed,
             removed=removed,
             installed_snapshot=installed,
             snapshot_due=self.applied - self.snapshot_index >= self.snapshot_entries,
