@@ -590,13 +590,18 @@ class _Protocol(grpclib.protocol.H2Protocol):
 
 
 def _bounded_reads(func: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``func`` with its stream's ``recv_message`` replaced by :func:`recv_request`.
+    """``func`` with its stream's ``recv_message`` replaced by :func:`recv_request`,
+    if ``func`` is a method of one of grpclib's own services (health, reflection).
 
-    grpclib's own reader (that of its health and reflection services) reads a
-    message of any announced size, up to 4 GiB, and takes an undecodable one
-    for an application error, logged with a traceback; ``recv_request`` holds
-    it to MAX_REQUEST_BYTES and answers INVALID_ARGUMENT.
+    Their reader reads a message of any announced size, up to 4 GiB, and takes
+    an undecodable one for an application error, logged with a traceback;
+    ``recv_request`` holds it to MAX_REQUEST_BYTES and answers
+    INVALID_ARGUMENT. Our services call ``recv_request`` themselves, and are
+    left as they are: no wrapper on their calls' path.
     """
+    owner = getattr(func, "__self__", None)
+    if not type(owner).__module__.startswith("grpclib."):
+        return func
 
     async def handle(stream: grpclib.server.Stream) -> None:
         stream.recv_message = functools.partial(recv_request, stream)
