@@ -197,8 +197,8 @@ class RawH2:
         await self.flush()
         await self.stream.send_all(data)
 
-    async def request(self, path: str, body: bytes) -> int:
-        """Send one complete gRPC request; return its stream id."""
+    def queue_call(self, path: str) -> int:
+        """Queue a call's headers only (sent with the next flush); return its stream id."""
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(
             stream_id,
@@ -211,8 +211,13 @@ class RawH2:
                 ("te", "trailers"),
             ],
         )
-        self.conn.send_data(stream_id, body, end_stream=True)
         self.responses[stream_id] = RawResponse()
+        return stream_id
+
+    async def request(self, path: str, body: bytes) -> int:
+        """Send one complete gRPC request; return its stream id."""
+        stream_id = self.queue_call(path)
+        self.conn.send_data(stream_id, body, end_stream=True)
         await self.flush()
         return stream_id
 

@@ -31,7 +31,6 @@ from trio_election._generated.v1 import election_pb2 as pb
 from ._support import (
     SERVICE,
     RawH2,
-    RawResponse,
     RunningNode,
     StartNode,
     grpc_frame,
@@ -57,23 +56,6 @@ async def start(start_node: StartNode, **limits: Any) -> RunningNode:
 
 class Raw(RawH2):
     """``RawH2`` with the moves of a hostile client: half-sent calls, resets, floods."""
-
-    def queue_call(self, path: str) -> int:
-        """Queue a call's headers only (sent with the next flush); the body is up to the test."""
-        stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", "127.0.0.1"),
-                ("content-type", "application/grpc+proto"),
-                ("te", "trailers"),
-            ],
-        )
-        self.responses[stream_id] = RawResponse()
-        return stream_id
 
     async def open_call(self, path: str) -> int:
         """Send a call's headers only."""

@@ -833,11 +833,6 @@ class ElectionSimulation(Simulation):
                 encode_command(command, rid), rid, self.eopts.request_timeout
             )
 
-    def _propose_local(self, nid: str, data: bytes) -> bool:
-        if self.node_state[nid].role is not Role.LEADER:
-            return False
-        return self.cluster.propose(nid, data)
-
     def _timeouts(self) -> None:
         tick = self.cluster.now
         for nid, st in self.node_state.items():
