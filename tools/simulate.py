@@ -7,8 +7,9 @@ Usage::
 
 Every profile of the Raft simulation (``tests/raft/test_simulation.py``) and of
 the election simulation over Raft (``tests/cluster/test_election_simulation.py``)
-runs seeds 0 to N-1; both run the replica the server ships. A failure prints
-its profile and seed, and how to rerun it alone.
+runs seeds 0 to N-1, in a pool of processes (``SIM_WORKERS``, default one per
+core); both run the replica the server ships. A failure prints its profile
+and seed, and how to rerun it alone.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         "pytest",
         "-q",
         "-k",
-        "test_simulation or test_election_safety",
+        "test_sweep",
+        "-s",
     ]
     command += ["tests/raft/test_simulation.py", "tests/cluster/test_election_simulation.py"]
     print(f"{args.seeds} seeds per profile: {' '.join(command[2:])}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The safety promises of docs/design.md, checked on the election machine replicated by Raft.
 
-Each test runs one seed of one fault profile of
-:class:`~trio_election.testing.ElectionSimulation` (see ``_election_sim.py``):
+``test_sweep`` runs every fault profile's seeds of
+:class:`~trio_election.testing.ElectionSimulation` (see ``_election_sim.py``)
+in a pool of processes, one per core:
 election machines on a simulated Raft cluster, a leader-only expiry driver,
 ``refresh_all`` on new leaders, and clients that hold an election only while
 ``send time of the last successful heartbeat + ttl - margin`` has not passed.
@@ -9,9 +10,10 @@ After every step it checks: at most one client believes it holds an election
 (promises 1 and 4), fencing tokens only go up (2), no early expiry (3),
 replicas agree, acknowledged grants survive crashes and restarts (6), plus
 Raft's own invariants. At the end it heals everything and requires
-convergence. A failure message names the seed.
+convergence. A failure message names the seed. ``test_election_safety`` runs
+the seeds that once failed.
 
-More seeds: ``ELECTION_SIM_SEEDS=500 pytest tests/cluster/test_election_simulation.py``.
+More seeds: ``ELECTION_SIM_SEEDS=500 pytest tests/cluster/test_election_simulation.py -k sweep -s``.
 One seed: ``ELECTION_SIM_SEED=123 pytest tests/cluster/test_election_simulation.py``.
 """
 
@@ -30,6 +32,7 @@ from trio_election.testing import (
     ElectionSimulation,
     InvariantViolation,
     SimOptions,
+    sweep,
 )
 
 # Raft faults that leave the cluster mostly up: the client-side races
@@ -44,22 +47,22 @@ def _opts(raft: SimOptions, **client: object) -> ElectionSimOptions:
 
 PROFILES: dict[str, tuple[Callable[[], ElectionSimOptions], int]] = {
     # name: (options factory, default number of seeds)
-    "three_nodes": (lambda: _opts(SimOptions(nodes=3)), 40),
-    "five_nodes": (lambda: _opts(SimOptions(nodes=5)), 15),
-    "calm_raft": (lambda: _opts(SimOptions(nodes=3, **_CALM)), 40),
-    "calm_raft_five": (lambda: _opts(SimOptions(nodes=5, **_CALM), elections=2), 10),
+    "three_nodes": (lambda: _opts(SimOptions(nodes=3)), 240),
+    "five_nodes": (lambda: _opts(SimOptions(nodes=5)), 100),
+    "calm_raft": (lambda: _opts(SimOptions(nodes=3, **_CALM)), 240),
+    "calm_raft_five": (lambda: _opts(SimOptions(nodes=5, **_CALM), elections=2), 60),
     # Raft leaders keep crashing and handing over; restarts lose unsynced writes.
     "leader_churn": (
         lambda: _opts(
             SimOptions(nodes=5, leader_crash=0.03, transfer=0.02, restart=0.1, crash_in_ready=0.03)
         ),
-        12,
+        80,
     ),
     # Slow, lossy Raft links: commits (hence applies and replies) lag far
     # behind the client's send times.
     "slow_raft": (
         lambda: _opts(SimOptions(nodes=3, delay=0.5, max_delay=15, drop=0.1), ttl_ms=(1000, 2000)),
-        20,
+        120,
     ),
     # Frequent snapshots, crashes and restarts (machines come back from
     # dump_machine/load_machine), and now and then the whole cluster at once.
@@ -68,11 +71,11 @@ PROFILES: dict[str, tuple[Callable[[], ElectionSimOptions], int]] = {
             SimOptions(nodes=3, snapshot_every=4, crash=0.01, restart=0.15),
             crash_all=0.005,
         ),
-        25,
+        140,
     ),
     "membership_churn": (
         lambda: _opts(SimOptions(nodes=3, membership=0.02, max_voters=5), elections=2),
-        10,
+        80,
     ),
 }
 
@@ -103,17 +106,20 @@ REGRESSION_SEEDS: list[tuple[str, int]] = [
 ]
 
 
+def _sweep_cases() -> list[tuple[str, int]]:
+    count = os.environ.get("ELECTION_SIM_SEEDS")
+    return [
+        (name, seed)
+        for name, (_, default) in PROFILES.items()
+        for seed in range(int(count) if count else default)
+    ]
+
+
 def _cases() -> list[tuple[str, int]]:
     only = os.environ.get("ELECTION_SIM_SEED")
     if only is not None:
         return [(name, int(only)) for name in PROFILES]
-    count = os.environ.get("ELECTION_SIM_SEEDS")
-    cases = []
-    for name, (_, default) in PROFILES.items():
-        n = int(count) if count else default
-        cases += [(name, seed) for seed in range(n)]
-    cases += [c for c in REGRESSION_SEEDS if c not in cases]
-    return cases
+    return REGRESSION_SEEDS
 
 
 def run_seed(profile: str, seed: int, mutation: str | None = None) -> ElectionSimulation:
@@ -130,11 +136,20 @@ def run_seed(profile: str, seed: int, mutation: str | None = None) -> ElectionSi
     return sim
 
 
-@pytest.mark.parametrize(("profile", "seed"), _cases())
-def test_election_safety(profile: str, seed: int) -> None:
+def check_seed(profile: str, seed: int) -> None:
     sim = run_seed(profile, seed)
     # The run did exercise the machine (and is not vacuously safe).
     assert sim.stats["grants"] > 0, f"profile {profile} seed {seed}: no grant at all"
+
+
+def test_sweep() -> None:
+    failures = sweep(check_seed, _sweep_cases(), "election simulation")
+    assert not failures, "\n\n".join(f"{p} seed {s}: {err}" for (p, s), err in failures)
+
+
+@pytest.mark.parametrize(("profile", "seed"), _cases())
+def test_election_safety(profile: str, seed: int) -> None:
+    check_seed(profile, seed)
 
 
 def test_profiles_exercise_the_races() -> None:

@@ -1,11 +1,12 @@
 """Randomized, deterministic simulations of whole clusters (see _raft_sim.py).
 
-Each test runs one seed of one fault profile; after every step the harness
-checks election safety, log matching, leader completeness, state machine
-safety and linearizable reads, and at the end it heals everything and
-requires convergence with every acknowledged write present.
+``test_sweep`` runs every fault profile's seeds in a pool of processes (one
+per core); after every step the harness checks election safety, log matching,
+leader completeness, state machine safety and linearizable reads, and at the
+end it heals everything and requires convergence with every acknowledged
+write present. ``test_simulation`` runs the seeds that once failed.
 
-More seeds: ``RAFT_SIM_SEEDS=500 pytest tests/raft/test_simulation.py``.
+More seeds: ``RAFT_SIM_SEEDS=500 pytest tests/raft/test_simulation.py -k sweep -s``.
 One seed: ``RAFT_SIM_SEED=123 pytest tests/raft/test_simulation.py -k five``.
 """
 
@@ -19,12 +20,12 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from trio_election.raft import ConfChange, ConfChangeType, RawNode, Ready
-from trio_election.testing import SimOptions, Simulation
+from trio_election.testing import SimOptions, Simulation, sweep
 
 PROFILES: dict[str, tuple[SimOptions, int]] = {
     # name: (options, default number of seeds)
-    "three_nodes": (SimOptions(nodes=3), 60),
-    "five_nodes": (SimOptions(nodes=5), 40),
+    "three_nodes": (SimOptions(nodes=3), 240),
+    "five_nodes": (SimOptions(nodes=5), 160),
     # MIT 6.5840 "Figure 8 (unreliable)": leaders keep crashing, messages are
     # lost, delayed and reordered, one entry per append, many short terms.
     "figure8_unreliable": (
@@ -40,14 +41,14 @@ PROFILES: dict[str, tuple[SimOptions, int]] = {
             max_delay=20,
             check_quorum=False,
         ),
-        40,
+        160,
     ),
-    "membership_churn": (SimOptions(nodes=3, membership=0.03, max_voters=5), 30),
-    "no_prevote_no_checkquorum": (SimOptions(nodes=3, pre_vote=False, check_quorum=False), 20),
-    "snapshot_heavy": (SimOptions(nodes=3, snapshot_every=4, crash=0.01), 20),
+    "membership_churn": (SimOptions(nodes=3, membership=0.03, max_voters=5), 120),
+    "no_prevote_no_checkquorum": (SimOptions(nodes=3, pre_vote=False, check_quorum=False), 80),
+    "snapshot_heavy": (SimOptions(nodes=3, snapshot_every=4, crash=0.01), 80),
     # Crashes in the middle of a Ready: after the first sends, before or after
     # the write. The leader's appends leave before its write.
-    "crash_mid_ready": (SimOptions(nodes=3, crash_in_ready=0.1, restart=0.2), 30),
+    "crash_mid_ready": (SimOptions(nodes=3, crash_in_ready=0.1, restart=0.2), 120),
 }
 
 #: (profile, seed) pairs that once failed; they always run.
@@ -72,21 +73,23 @@ REGRESSION_SEEDS: list[tuple[str, int]] = [
 ]
 
 
+def _sweep_cases() -> list[tuple[str, int]]:
+    count = os.environ.get("RAFT_SIM_SEEDS")
+    return [
+        (name, seed)
+        for name, (_, default) in PROFILES.items()
+        for seed in range(int(count) if count else default)
+    ]
+
+
 def _cases() -> list[tuple[str, int]]:
     only = os.environ.get("RAFT_SIM_SEED")
     if only is not None:
         return [(name, int(only)) for name in PROFILES]
-    count = os.environ.get("RAFT_SIM_SEEDS")
-    cases = []
-    for name, (_, default) in PROFILES.items():
-        n = int(count) if count else default
-        cases += [(name, seed) for seed in range(n)]
-    cases += [c for c in REGRESSION_SEEDS if c not in cases]
-    return cases
+    return REGRESSION_SEEDS
 
 
-@pytest.mark.parametrize(("profile", "seed"), _cases(), ids=lambda v: str(v))
-def test_simulation(profile: str, seed: int) -> None:
+def run_seed(profile: str, seed: int) -> None:
     opts, _ = PROFILES[profile]
     sim = Simulation(seed, SimOptions(**vars(opts)))
     try:
@@ -97,6 +100,16 @@ def test_simulation(profile: str, seed: int) -> None:
             f"rerun: RAFT_SIM_SEED={seed} pytest tests/raft/test_simulation.py -k {profile}\n"
             f"(add ({profile!r}, {seed}) to REGRESSION_SEEDS once fixed)"
         ) from e
+
+
+def test_sweep() -> None:
+    failures = sweep(run_seed, _sweep_cases(), "raft simulation")
+    assert not failures, "\n\n".join(f"{p} seed {s}: {err}" for (p, s), err in failures)
+
+
+@pytest.mark.parametrize(("profile", "seed"), _cases(), ids=lambda v: str(v))
+def test_simulation(profile: str, seed: int) -> None:
+    run_seed(profile, seed)
 
 
 CRASH_POINTS = st.sampled_from([None, None, None, "before-persist", "after-persist", "after-send"])

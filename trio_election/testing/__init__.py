@@ -20,6 +20,7 @@ from ._raft_sim import (
     SimOptions as SimOptions,
     Simulation as Simulation,
 )
+from ._sweep import sweep as sweep
 
 __all__ = [
     "CertFiles",
@@ -34,6 +35,7 @@ __all__ = [
     "SimOptions",
     "Simulation",
     "make_certs",
+    "sweep",
     "wait_for_line",
     "write_secret",
 ]

@@ -174,6 +174,11 @@ class Cluster:
         self.blocked: set[tuple[str, str]] = set()  # one-way link cuts
         # -- invariant bookkeeping --
         self.leaders: dict[int, str] = {}  # term -> leader
+        # (index, term) -> (type, data, previous term) of every entry seen in
+        # any log: two entries with one index and term must always be equal.
+        self._entries: dict[tuple[int, int], tuple[int, bytes, int]] = {}
+        # node -> shape of its log when last checked (unchanged: skip it)
+        self._checked: dict[str, tuple[object, ...]] = {}
         self.committed: dict[int, Entry] = {}  # every index ever known committed
         # index -> a term by which it was committed (the term of the node that
         # first reported it committed: at least the term of the committing leader)
@@ -488,7 +493,7 @@ class Cluster:
 
     def check_invariants(self) -> None:
         """Check election safety, log matching and leader completeness."""
-        seen: dict[tuple[int, int], tuple[int, bytes, int]] = {}
+        seen = self._entries
         for sn in self.nodes.values():
             if not sn.alive:
                 continue
@@ -503,15 +508,21 @@ class Cluster:
                         f"two leaders in term {r.term}: {prev} and {sn.id} (election safety)"
                     )
             # Log matching over the uncommitted tails (committed prefixes are
-            # checked against self.committed as they commit).
+            # checked against self.committed as they commit), against every
+            # entry any log has held, so a node whose log is as it was when
+            # last checked needs no second look.
             log = r.log
+            last = log.last_index()
+            shape = (log.storage, log.unstable.offset, len(log.unstable.entries), last,
+                     log.term_or_zero(last), log.committed)
+            if self._checked.get(sn.id) == shape:
+                continue
+            self._checked[sn.id] = shape
             lo = max(log.committed, log.first_index())
             prev_term = log.term_or_zero(lo - 1)
-            for e in log.slice(lo, log.last_index() + 1):
-                key = (e.index, e.term)
+            for e in log.slice(lo, last + 1):
                 val = (int(e.type), e.data, prev_term)
-                other = seen.setdefault(key, val)
-                if other != val:
+                if seen.setdefault((e.index, e.term), val) != val:
                     raise InvariantViolation(
                         f"log matching violated at {e.term}/{e.index} on {sn.id}"
                     )
