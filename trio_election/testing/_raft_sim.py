@@ -513,8 +513,14 @@ class Cluster:
             # last checked needs no second look.
             log = r.log
             last = log.last_index()
-            shape = (log.storage, log.unstable.offset, len(log.unstable.entries), last,
-                     log.term_or_zero(last), log.committed)
+            shape = (
+                log.storage,
+                log.unstable.offset,
+                len(log.unstable.entries),
+                last,
+                log.term_or_zero(last),
+                log.committed,
+            )
             if self._checked.get(sn.id) == shape:
                 continue
             self._checked[sn.id] = shape
