@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from trio_election.replica import Replica
+from trio_election.replica import Replica, _replica
 from trio_election.testing import (
     ElectionSimOptions,
     ElectionSimulation,
@@ -285,7 +285,7 @@ def test_the_simulation_catches_a_read_answered_without_read_index(
     replica, so a stale read must be caught."""
 
     def read_locally(self: Replica, ctx: bytes) -> None:
-        self._reads[ctx] = self.applied
+        self._reads[ctx] = _replica._Read(retry_at=0, index=self.applied)
 
     monkeypatch.setattr(Replica, "read", read_locally)
     for seed in range(40):

@@ -43,7 +43,8 @@ decision that keeps a promise of docs/design.md is taken here, once:
   sent them (``step`` of a PROP): nothing reaches the log unchecked, and no
   command only the leader originates (an expiry) is taken from a peer.
 * **Reads** (``read(ctx)``) are linearizable: ReadIndex, then wait until the
-  applied index reaches the confirmed one.
+  applied index reaches the confirmed one. A ReadIndex request lost with its
+  leader is asked again, as proposals are, until confirmed or forgotten.
 * **Membership and snapshots**: the member table and the removed ids travel in
   the snapshot with the machine; ``Done.snapshot_due`` says when to take one.
 
@@ -53,6 +54,7 @@ The machine is generic (:class:`Machine`): the election machine
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -210,6 +212,12 @@ class Done:
 
 
 @dataclass(slots=True)
+class _Read:
+    retry_at: int  # in ticks
+    index: int | None = None  # confirmed: may proceed once applied this far
+
+
+@dataclass(slots=True)
 class _Proposal:
     data: bytes
     retry_at: int  # in ticks
@@ -252,6 +260,7 @@ class Replica:
         self._ticks = 0
         self._leader_since = 0
         self._resend: set[str] = set()  # request ids to propose again at the next tick
+        self._reask_reads = False  # ask again for the unconfirmed reads at the next tick
         self._proposals: dict[str, _Proposal] = {}  # request id -> not applied yet
         self._seen: dict[str, int] = {}  # request id -> the index it was applied at
         self._seen_order: deque[tuple[int, str]] = deque()
@@ -263,7 +272,7 @@ class Replica:
         self.applied = 0
         self.snapshot_index = 0
         self.conf_state = ConfState()
-        self._reads: dict[bytes, int | None] = {}  # ctx -> confirmed index, once known
+        self._reads: dict[bytes, _Read] = {}  # ctx -> pending read
         snapshot = storage.snapshot()
         if not snapshot.is_empty:
             self._restore(snapshot, now)
@@ -300,6 +309,14 @@ class Replica:
                 del self._proposals[request_id]
             elif request_id in resend or (timed and proposal.retry_at <= self._ticks):
                 self._send_proposal(proposal)
+        # A ReadIndex request dies with the leader that was asked (or with a
+        # lost message): ask again, after a leader change or a retry interval.
+        reask, self._reask_reads = self._reask_reads, False
+        for ctx, read in self._reads.items():
+            if read.index is None and (reask or read.retry_at <= self._ticks):
+                read.retry_at = self._ticks + self.retry_ticks
+                with contextlib.suppress(ProposalDropped):
+                    self.raw.read_index(ctx)
 
     def _alive(self) -> Callable[[str], bool]:
         """On the leader: whether a member is neither removed nor silent too long."""
@@ -386,12 +403,13 @@ class Replica:
     def read(self, ctx: bytes) -> None:
         """Start a linearizable read; ``Done.reads`` names ``ctx`` when it may proceed.
 
-        Asking again with the same ``ctx`` (after a lost leader) is allowed.
+        Until then it is asked again after a leader change and every
+        ``retry_ticks``; :meth:`forget_read` gives it up.
 
         Raises:
             ProposalDropped: no Raft leader is known to confirm it with.
         """
-        self._reads.setdefault(ctx, None)
+        self._reads[ctx] = _Read(self._ticks + self.retry_ticks)
         try:
             self.raw.read_index(ctx)
         except ProposalDropped:
@@ -425,6 +443,7 @@ class Replica:
                 # What the old leader held uncommitted may be lost: propose
                 # it again on the next tick.
                 self._resend = set(self._proposals)
+                self._reask_reads = True
         return Work(rd, changed)
 
     def advance(self, work: Work, now: float) -> Done:
@@ -452,13 +471,16 @@ class Replica:
                     self._remember(request_id, entry.index)
                 applied.append(result)
         for state in rd.read_states:
-            if state.ctx in self._reads:
-                self._reads[state.ctx] = state.index
+            read = self._reads.get(state.ctx)
+            if read is not None and read.index is None:
+                read.index = state.index
         self.raw.advance(rd)
         for result in applied:
             self._proposals.pop(result.request_id, None)
         reads = tuple(
-            ctx for ctx, index in self._reads.items() if index is not None and index <= self.applied
+            ctx
+            for ctx, read in self._reads.items()
+            if read.index is not None and read.index <= self.applied
         )
         for ctx in reads:
             del self._reads[ctx]

@@ -261,24 +261,16 @@ class ClusterNode(HubClient):
         ctx = f"{self._boot}/{next(self._seq)}".encode()
         waiter = Waiter()
         self._reads[ctx] = waiter
-        deadline = self.clock() + self.config.request_timeout_s
-        # A read forwarded to a leader that then died is never answered: ask
-        # again after an election timeout's worth of ticks.
-        retry = 20 * self.config.tick_s
         try:
-            while True:
-                try:
-                    self.replica.read(ctx)
-                except ProposalDropped:  # no Raft leader known: nobody to confirm with
-                    raise Unavailable(self._why_no_commit()) from None
-                self._wake.set()
-                left = deadline - self.clock()
-                try:
-                    await waiter.wait(min(retry, left))
-                    break
-                except TimeoutError:
-                    if left <= retry:
-                        raise Unavailable(self._why_no_commit()) from None
+            try:
+                self.replica.read(ctx)  # asked again if its leader is lost
+            except ProposalDropped:  # no Raft leader known: nobody to confirm with
+                raise Unavailable(self._why_no_commit()) from None
+            self._wake.set()
+            try:
+                await waiter.wait(self.config.request_timeout_s)
+            except TimeoutError:
+                raise Unavailable(self._why_no_commit()) from None
         finally:
             self._reads.pop(ctx, None)
             self.replica.forget_read(ctx)
