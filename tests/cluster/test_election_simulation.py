@@ -26,7 +26,9 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from trio_election.core import Outcome, Release
 from trio_election.replica import Replica, _replica
+from trio_election.server._hub import HubClient
 from trio_election.testing import (
     ElectionSimOptions,
     ElectionSimulation,
@@ -296,3 +298,22 @@ def test_the_simulation_catches_a_read_answered_without_read_index(
             print(f"caught at seed {seed}: {e}")
             return
     pytest.fail("reads answered without ReadIndex survived 40 seeds of 'three_nodes'")
+
+
+def test_the_simulation_catches_an_unconditional_give_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mutation of the server's own Hub client: a grant to a Campaign whose
+    call is gone is given back even if its node_id has renewed it since
+    (the bug of regression seed three_nodes 19). The simulation's nodes use
+    that HubClient, so it must be caught."""
+
+    def report(self: HubClient, outcome: Outcome) -> None:
+        for holder in self.hub.report(outcome):
+            self.submit(
+                Release(holder.election, holder.node_id, holder.fencing_token, holder.owner)
+            )
+
+    monkeypatch.setattr(HubClient, "report", report)
+    with pytest.raises(InvariantViolation, match="two holders"):
+        run_seed("three_nodes", 19)

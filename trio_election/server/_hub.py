@@ -11,6 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from itertools import count
+from typing import Any, Protocol
 
 from .._bridge import MessageQueue, Waiter
 from .._errors import OutOfRange, Superseded, Unavailable
@@ -26,27 +27,38 @@ OVERFLOW = object()
 CLOSING = object()
 
 
+class CampaignCall(Protocol):
+    """Where a Campaign's result goes: a :class:`Waiter` its handler awaits
+    (or, in the simulation, a simulated call)."""
+
+    def set(self, value: Any = None) -> None: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
 class Hub:
     """Campaign waiters and watchers of one node.
 
     Args:
         prefix: Makes waiter ids unique across the cluster (node id and boot).
+        call: Makes the object a Campaign's result is given to.
     """
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", call: Callable[[], CampaignCall] = Waiter) -> None:
         self._prefix = prefix
+        self._new_call = call
         # Waiters of this node's earlier runs too: "node/" of "node/boot/".
         self._node_prefix = prefix.split("/", 1)[0] + "/" if "/" in prefix else prefix
         self._ids = count(1)
-        self._campaigns: dict[str, Waiter] = {}
+        self._campaigns: dict[str, CampaignCall] = {}
         self._watchers: dict[str, set[MessageQueue]] = {}
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self.closed = False
 
-    def new_campaign(self) -> tuple[str, Waiter]:
-        """A fresh waiter id and the Waiter its grant will be reported to."""
+    def new_campaign(self) -> tuple[str, Any]:
+        """A fresh waiter id and the call its grant will be reported to."""
         waiter_id = f"{self._prefix}{next(self._ids)}"
-        waiter = Waiter()
+        waiter = self._new_call()
         self._campaigns[waiter_id] = waiter
         return waiter_id, waiter
 

@@ -53,6 +53,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from trio_election._errors import Superseded
 from trio_election.client._belief import Belief
 from trio_election.core import (
     Acquire,
@@ -69,6 +70,7 @@ from trio_election.core import (
 from trio_election.core._codec import decode_command, dump_machine, encode_command
 from trio_election.raft import ProposalDropped, Role
 from trio_election.replica import Applied, Done, Elections, Work
+from trio_election.server._hub import Hub, HubClient
 
 from ._raft_sim import Cluster, InvariantViolation, SimOptions, Simulation
 
@@ -195,6 +197,8 @@ class _NodeState:
     """What a node holds in memory only (lost by a crash)."""
 
     incarnation: int
+    #: The node's Campaign bookkeeping: the server's own Hub and HubClient.
+    calls: _NodeCalls
     role: Role = Role.FOLLOWER
     leader: str | None = None
     leader_since: float | None = None
@@ -202,8 +206,45 @@ class _NodeState:
     pending: dict[str, tuple[str, int, int]] = field(
         default_factory=dict
     )  # rid -> client, creq, until
-    waiters: dict[str, tuple[str, int, int, str]] = field(default_factory=dict)  # + election
+    #: The Campaign calls this node carries, as their handlers hold them.
+    waiters: dict[str, _CampaignCall] = field(default_factory=dict)
     reads: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)  # election, floor, until
+
+
+class _CampaignCall:
+    """A Campaign call, as its gRPC handler waits on it: the Hub sets or fails it."""
+
+    def __init__(self, sim: ElectionSimulation, nid: str) -> None:
+        self.sim, self.nid = sim, nid
+        self.client, self.creq, self.until, self.election = "", 0, 0, ""
+        self.done = False
+
+    def set(self, value: Holder | None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.sim._reply(self.nid, self.client, self.creq, True, value, False)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            # Superseded is an answer ("you are not it"); anything else an error.
+            error = not isinstance(exc, Superseded)
+            self.sim._reply(self.nid, self.client, self.creq, False, None, error)
+
+
+class _NodeCalls(HubClient):
+    """One node's Hub, behind the same HubClient the server's nodes use."""
+
+    def __init__(self, sim: ElectionSimulation, nid: str, incarnation: int) -> None:
+        self.sim, self.nid = sim, nid
+        self.hub = Hub(prefix=f"{nid}/{incarnation}/c", call=lambda: _CampaignCall(sim, nid))
+
+    @property
+    def machine(self) -> ElectionMachine:
+        return self.sim._replica(self.nid).machine
+
+    def submit(self, command: Command) -> None:
+        self.sim._submit_cleanup(self.nid, command)
 
 
 @dataclass
@@ -512,14 +553,15 @@ class ElectionSimulation(Simulation):
     def _node_started(self, nid: str) -> None:
         inc = self.incarnations.get(nid, -1) + 1
         self.incarnations[nid] = inc
-        self.node_state[nid] = _NodeState(inc)
+        self.node_state[nid] = _NodeState(inc, _NodeCalls(self, nid, inc))
         if hasattr(self, "cluster"):  # not while the cluster is being built
             self._check_acked_on(nid)
 
     def _node_crashed(self, nid: str) -> None:
         # Role, pending requests and campaign waiters are gone; their clients
         # time out.
-        self.node_state[nid] = _NodeState(self.node_state[nid].incarnation)
+        inc = self.node_state[nid].incarnation
+        self.node_state[nid] = _NodeState(inc, _NodeCalls(self, nid, inc))
 
     def _on_ready(self, nid: str, work: Work) -> None:
         if not work.leader_changed:
@@ -703,25 +745,9 @@ class ElectionSimulation(Simulation):
         if call is not None:
             client, creq, _ = call
             self._reply(nid, client, creq, outcome.success, outcome.holder, False)
-        for waiter, holder in outcome.granted:
-            w = st.waiters.pop(waiter, None)
-            if w is not None:
-                self._reply(nid, w[0], w[1], True, holder, False)
-            elif waiter.startswith(f"{nid}/"):
-                # As the server's Hub: granted to a Campaign this node carried
-                # whose call is gone (or to an earlier run's): give it back.
-                self._submit_cleanup(
-                    nid,
-                    Release(holder.election, holder.node_id, holder.fencing_token, renewals=0),
-                )
-        for waiter in outcome.cancelled:
-            w = st.waiters.pop(waiter, None)
-            if w is not None:  # the leader took this node for gone: retry
-                self._reply(nid, w[0], w[1], False, None, True)
-        for waiter in outcome.superseded:
-            w = st.waiters.pop(waiter, None)
-            if w is not None:
-                self._reply(nid, w[0], w[1], False, outcome.holder, False)
+        # As ClusterNode: the Hub wakes or fails the Campaigns this node
+        # carries, and gives back grants to those whose call is gone.
+        st.calls.report(outcome)
 
     def _reply(
         self, nid: str, client: str, creq: int, ok: bool, holder: Holder | None, error: bool
@@ -736,9 +762,12 @@ class ElectionSimulation(Simulation):
         call = st.pending.pop(rid, None)
         if call is not None:
             self._reply(nid, call[0], call[1], False, None, True)
-        w = st.waiters.pop(rid, None)
-        if w is not None:
-            self._reply(nid, w[0], w[1], False, None, True)
+        campaign = st.waiters.pop(rid, None)
+        if campaign is not None:
+            # As the Campaign handler on an error or its deadline: answer with
+            # the error, and leave the queue (HubClient.end_campaign).
+            campaign.fail(TimeoutError())
+            st.calls.end_campaign(campaign.election, rid)
 
     # -- the client-facing network ------------------------------------------------
 
@@ -789,14 +818,21 @@ class ElectionSimulation(Simulation):
         st = self.node_state[nid]
         st.seq += 1
         rid = f"{nid}/{st.incarnation}/{st.seq}"
-        self.rid_sent[rid] = (client, sent)
         if isinstance(cmd, Acquire) and cmd.wait:
+            # As the Campaign handler: the Hub names the waiter (and the
+            # request, here); nobody waits for a call whose reply is dropped.
+            rid, campaign = st.calls.new_campaign()
             cmd = Acquire(cmd.election, cmd.node_id, cmd.ttl_ms, cmd.value, True, rid)
-            if creq is not None:
-                until = self.cluster.now + self.eopts.campaign_timeout
-                st.waiters[rid] = (client, creq, until, cmd.election)
+            if creq is None:
+                st.calls.hub.forget_campaign(rid)
+            else:
+                campaign.client, campaign.creq = client, creq
+                campaign.until = self.cluster.now + self.eopts.campaign_timeout
+                campaign.election = cmd.election
+                st.waiters[rid] = campaign
         elif creq is not None:
             st.pending[rid] = (client, creq, self.cluster.now + self.eopts.request_timeout)
+        self.rid_sent[rid] = (client, sent)
         self._submit(nid, encode_command(cmd, rid), rid)
 
     def _send_read(self, client: _Client) -> None:
@@ -841,12 +877,11 @@ class ElectionSimulation(Simulation):
             for rid, (_, _, until) in list(st.pending.items()):
                 if tick >= until:
                     self._fail(nid, rid)
-            for waiter, (_, _, until, election) in list(st.waiters.items()):
-                if tick >= until:
+            for waiter, campaign in list(st.waiters.items()):
+                if campaign.done:
+                    del st.waiters[waiter]
+                elif tick >= campaign.until:
                     self._fail(nid, waiter)
-                    # As ClusterNode.end_campaign: leave the queue, proposed
-                    # again until applied, for at most the request timeout.
-                    self._submit_cleanup(nid, CancelWait(election, waiter))
             for ctx, (_, _, until) in list(st.reads.items()):
                 if tick >= until:
                     del st.reads[ctx]
