@@ -16,7 +16,10 @@ splits in two:
   holders, tokens, renewal counts, queues, the revision, the token high-water
   mark;
 * local state, the lease deadlines, set to ``now + ttl`` when a replica applies
-  a grant or renewal. Deadlines only ever move later.
+  a grant or renewal, and by a Raft leader's renewal off the log
+  (``renew_confirmed``). Deadlines only ever move later. Also local: whether
+  this node proposed the lease's expiry (``expiring``); it then refuses
+  renewals off the log until that Expire is applied or found stale.
 
 Nothing in ``apply`` depends on local state (the start-up grace excepted, which
 only a single in-memory node uses), so replicas stay identical. Expiry is
@@ -79,6 +82,8 @@ class _Lease:
     # The identity of the credentials it was granted to ("" without client
     # auth); a command of another owner never touches it.
     owner: str = ""
+    # Local: due() proposed this lease's expiry (see renew_confirmed).
+    expiring: bool = False
 
     def held_by(self, node_id: str, owner: str) -> bool:
         return self.node_id == node_id and self.owner == owner
@@ -202,6 +207,7 @@ class ElectionMachine:
         if lease.renewals != cmd.renewals:
             # A renewal won the race: track the lease by its new deadline
             # again (this makes the proposer's retry entry stale).
+            lease.expiring = False
             self._schedule(cmd.election, lease, lease.deadline)
             return Outcome(False, self._view(cmd.election, lease))
         return self._end(cmd.election, lease, EventKind.EXPIRED, now, index)
@@ -252,11 +258,45 @@ class ElectionMachine:
                 self._schedule(election, lease, lease.deadline)
                 continue
             commands.append(Expire(election, token, lease.renewals))
+            lease.expiring = True
             self._schedule(election, lease, now + EXPIRE_RETRY_S)
         if self._grace_until > -math.inf and now >= self._grace_until:
             self._grace_until = -math.inf
             commands.extend(Promote(e) for e in list(self._queues) if e not in self._leases)
         return commands
+
+    # -- renewals off the log (a Raft leader; see replica/_renewals.py) ----------
+
+    def renews_off_log(self, cmd: Renew) -> bool:
+        """Whether a Raft leader may answer ``cmd`` without logging it.
+
+        Not the first renewal of a grant: a Campaign's grant that nobody
+        waited for is given back by a Release conditional on no renewal since
+        (``Release.renewals=0``), and only a logged renewal is seen by it.
+        """
+        lease = self._leases.get(cmd.election)
+        return lease is not None and lease.renewals > 0
+
+    def renew_confirmed(self, cmd: Renew, arrived: float) -> Outcome:
+        """Answer a renewal that arrived at ``arrived``, once this Raft leader
+        confirmed with a quorum round started after that, and applied
+        everything committed before the round.
+
+        Refused if the lease is not the caller's or this node has proposed
+        its expiry; else its deadline becomes at least ``arrived + ttl``.
+        Nothing replicated changes.
+        """
+        lease = self._leases.get(cmd.election)
+        if lease is None:
+            return Outcome(False, None)
+        if (
+            lease.expiring
+            or not lease.held_by(cmd.node_id, cmd.owner)
+            or cmd.fencing_token not in (0, lease.token)
+        ):
+            return Outcome(False, self._view(cmd.election, lease))
+        lease.deadline = max(lease.deadline, arrived + lease.ttl_ms / 1000)
+        return Outcome(True, self._view(cmd.election, lease))
 
     def waiters(self) -> Iterable[tuple[str, str]]:
         """``(election, waiter)`` for every Campaign waiting, in no particular order."""
@@ -269,6 +309,7 @@ class ElectionMachine:
         for lease in self._leases.values():
             lease.deadline = max(lease.deadline, now + lease.ttl_ms / 1000)
             lease.scheduled = lease.deadline
+            lease.expiring = False
         self._heap = [(lease.deadline, e, lease.token) for e, lease in self._leases.items()]
         heapq.heapify(self._heap)
 
@@ -302,7 +343,8 @@ class ElectionMachine:
 
     @staticmethod
     def _extend(lease: _Lease, now: float) -> None:
-        lease.renewals += 1
+        lease.renewals += 1  # a pending Expire naming the old count is now stale
+        lease.expiring = False
         lease.deadline = max(lease.deadline, now + lease.ttl_ms / 1000)
 
     def _schedule(self, election: str, lease: _Lease, at: float) -> None:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 
 from .._errors import ElectionError, InvalidArgument, Unavailable
-from ..core import CancelWait, Command, ElectionMachine, Limits
+from ..core import CancelWait, Command, ElectionMachine, Limits, Renew
 from ..core._codec import CodecError, decode_command, dump_machine, encode_command, load_machine
 from ._replica import Applied
 
@@ -77,6 +77,13 @@ class Elections:
         # We cannot know when the old leader last renewed each lease.
         self.machine.refresh_all(now)
         log.info("this node leads; every lease gets its full TTL from now")
+
+    def renews_off_log(self, request: object) -> bool:
+        return isinstance(request, Renew) and self.machine.renews_off_log(request)
+
+    def renew(self, request: object, arrived: float) -> Applied:
+        assert isinstance(request, Renew)
+        return Applied("", self.machine.renew_confirmed(request, arrived))
 
     def check_forwarded(self, data: bytes) -> None:
         try:

@@ -42,6 +42,9 @@ decision that keeps a promise of docs/design.md is taken here, once:
 * **Forwarded proposals** are checked again by the leader as if a client had
   sent them (``step`` of a PROP): nothing reaches the log unchecked, and no
   command only the leader originates (an expiry) is taken from a peer.
+* **Renewals** (``renew``) are answered by the Raft leader off the log, after
+  a batched quorum round: see ``replica/_renewals.py`` for how, and why that
+  keeps the promises.
 * **Reads** (``read(ctx)``) are linearizable: ReadIndex, then wait until the
   applied index reaches the confirmed one. A ReadIndex request lost with its
   leader is asked again, as proposals are, until confirmed or forgotten.
@@ -83,6 +86,7 @@ from ..raft import (
     Storage,
     decode_conf_change,
 )
+from ._renewals import Renewal, Renewals
 
 log = logging.getLogger("trio_election.replica")
 
@@ -145,6 +149,16 @@ class Machine(Protocol):
         """Raise an ``ElectionError`` if a follower's proposal may not be logged."""
         ...
 
+    # Only for runtimes that call Replica.renew (replica/_renewals.py):
+
+    def renews_off_log(self, request: object) -> bool:
+        """Whether the Raft leader may answer ``request`` without logging it."""
+        ...
+
+    def renew(self, request: object, arrived: float) -> Applied:
+        """Answer ``request`` (arrived at ``arrived``) after a confirmed round."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Work:
@@ -196,6 +210,9 @@ class Done:
     Attributes:
         applied: Each committed command's :class:`Applied`, in log order.
         reads: The contexts of ``read`` calls that may now proceed.
+        renewed: ``(key, Applied)`` of each ``renew`` answered, in order.
+        renewals_lost: The keys of ``renew`` calls this node, no longer the
+            Raft leader, will not answer.
         members_changed: The member table may have changed (a membership
             entry was applied, or a snapshot installed).
         removed: This node was removed from the cluster.
@@ -205,6 +222,8 @@ class Done:
 
     applied: tuple[Applied, ...] = ()
     reads: tuple[bytes, ...] = ()
+    renewed: tuple[tuple[str, Applied], ...] = ()
+    renewals_lost: tuple[str, ...] = ()
     members_changed: bool = False
     removed: bool = False
     installed_snapshot: int | None = None
@@ -273,6 +292,8 @@ class Replica:
         self.snapshot_index = 0
         self.conf_state = ConfState()
         self._reads: dict[bytes, _Read] = {}  # ctx -> pending read
+        self._renewals = Renewals()
+        self._renewals_lost: list[str] = []
         snapshot = storage.snapshot()
         if not snapshot.is_empty:
             self._restore(snapshot, now)
@@ -291,6 +312,7 @@ class Replica:
         self.raw.tick()
         self._ticks += 1
         if self.role is Role.LEADER:
+            self._renewals.retry_stale(self._ticks, self.retry_ticks)
             due = self.machine.due(now)
             if self._ticks % self.abandon_check_ticks == 0:
                 due += self.machine.abandoned(self._alive())
@@ -420,13 +442,30 @@ class Replica:
         """The reader is gone (it timed out)."""
         self._reads.pop(ctx, None)
 
+    def renew(self, key: str, request: object, now: float) -> bool:
+        """Answer a renewal off the log (replica/_renewals.py), if this node
+        may: it is the Raft leader, and the machine says so.
+
+        True: ``Done.renewed`` (or ``Done.renewals_lost``) will name ``key``.
+        False: propose it instead (``submit``).
+        """
+        if self.role is not Role.LEADER or not self.machine.renews_off_log(request):
+            return False
+        self._renewals.add(Renewal(key, request, now))
+        return True
+
     # -- the Ready cycle ------------------------------------------------------
 
     def has_ready(self) -> bool:
-        return self.raw.has_ready()
+        return self.raw.has_ready() or (self._renewals.waiting and self.role is Role.LEADER)
 
     def ready(self, now: float) -> Work:
         """The next piece of work; carry it out, then :meth:`advance`."""
+        if self._renewals.waiting and self.role is Role.LEADER:
+            # One quorum round for every renewal that arrived since the last
+            # (one that fails to start is started again by tick()).
+            with contextlib.suppress(ProposalDropped):
+                self.raw.read_index(self._renewals.start_round(self._ticks))
         rd = self.raw.ready()
         changed = False
         if rd.soft_state is not None:
@@ -434,6 +473,8 @@ class Replica:
             changed = (leader, role) != (self.leader, self.role)
             was_leader = self.role is Role.LEADER
             self.leader, self.role = leader, role
+            if was_leader and role is not Role.LEADER:
+                self._renewals_lost += [r.key for r in self._renewals.drop_all()]
             if role is Role.LEADER and not was_leader:
                 # Here, not in advance(): a tick may run while the runtime
                 # writes, and must not propose an expiry before this.
@@ -471,6 +512,8 @@ class Replica:
                     self._remember(request_id, entry.index)
                 applied.append(result)
         for state in rd.read_states:
+            if self._renewals.confirmed(state.ctx, state.index):
+                continue
             read = self._reads.get(state.ctx)
             if read is not None and read.index is None:
                 read.index = state.index
@@ -484,9 +527,16 @@ class Replica:
         )
         for ctx in reads:
             del self._reads[ctx]
+        renewed = tuple(
+            (r.key, self.machine.renew(r.request, r.arrived))
+            for r in self._renewals.answerable(self.applied)
+        )
+        lost, self._renewals_lost = tuple(self._renewals_lost), []
         return Done(
             applied=tuple(applied),
             reads=reads,
+            renewed=renewed,
+            renewals_lost=lost,
             members_changed=members_changed,
             removed=removed,
             installed_snapshot=installed,

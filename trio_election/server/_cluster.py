@@ -35,7 +35,7 @@ import trio
 from .._bridge import Waiter
 from .._errors import StartupError, Unavailable
 from ..client._transport import parse_endpoint
-from ..core import Command, ElectionMachine, Holder, Limits, Outcome
+from ..core import Command, ElectionMachine, Holder, Limits, Outcome, Renew
 from ..core._codec import encode_command
 from ..raft import (
     ConfChange,
@@ -84,6 +84,7 @@ class ClusterNode(HubClient):
         self._pending: dict[str, Waiter] = {}
         self._conf_waiters: dict[tuple[ConfChangeType, str], Waiter] = {}
         self._reads: dict[bytes, Waiter] = {}
+        self._renewals: dict[str, Waiter] = {}
         self._wake = trio.Event()
         self._store: RaftStore | None = None
         self._nursery: trio.Nursery | None = None
@@ -206,7 +207,7 @@ class ClusterNode(HubClient):
         self.closing = True
         self.report_serving(False)
         self.hub.close()
-        for waiter in [*self._pending.values(), *self._reads.values()]:
+        for waiter in [*self._pending.values(), *self._reads.values(), *self._renewals.values()]:
             waiter.fail(Unavailable("the node is shutting down"))
 
     async def _join(self) -> None:
@@ -253,6 +254,29 @@ class ClusterNode(HubClient):
         finally:
             self._pending.pop(request_id, None)
             self.replica.forget(request_id)
+
+    async def renew(self, command: Renew) -> Outcome:
+        """A renewal: on the Raft leader, answered off the log after a batched
+        quorum round (``replica/_renewals.py``); else proposed like any command.
+
+        Raises:
+            Unavailable: this node stopped leading first, or no quorum
+                answered within the request timeout.
+        """
+        if self.closing:
+            raise Unavailable("the node is shutting down")
+        key = f"{next(self._seq)}"
+        if not self.replica.renew(key, command, self.clock()):
+            return await self.execute(command)
+        waiter = Waiter()
+        self._renewals[key] = waiter
+        self._wake.set()
+        try:
+            return await waiter.wait(self.config.request_timeout_s)
+        except TimeoutError:
+            raise Unavailable(self._why_no_commit()) from None
+        finally:
+            self._renewals.pop(key, None)
 
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, linearizably (ReadIndex)."""
@@ -400,6 +424,14 @@ class ClusterNode(HubClient):
             waiter = self._reads.get(ctx)
             if waiter is not None:
                 waiter.set()
+        for key, renewed in done.renewed:
+            waiter = self._renewals.get(key)
+            if waiter is not None:
+                waiter.set(renewed.outcome)
+        for key in done.renewals_lost:
+            waiter = self._renewals.get(key)
+            if waiter is not None:
+                waiter.fail(Unavailable("this node stopped being the Raft leader; retry"))
         if done.removed:
             self.removed.set()
 

@@ -24,7 +24,7 @@ import trio
 
 from .._bridge import Waiter
 from .._errors import Unavailable
-from ..core import Acquire, Command, ElectionMachine, Holder, Limits, Outcome
+from ..core import Acquire, Command, ElectionMachine, Holder, Limits, Outcome, Renew
 from ._config import NodeConfig
 from ._hub import Hub, HubClient
 from ._store import LeaseStore
@@ -139,6 +139,10 @@ class Node(HubClient):
         if outcome.persist:
             await self.synced()
         return outcome
+
+    async def renew(self, command: Renew) -> Outcome:
+        """A renewal: applied here at once (it needs no disk write)."""
+        return await self.execute(command)
 
     def submit(self, command: Command) -> None:
         """Apply ``command`` without waiting for anything (clean-up paths)."""

@@ -134,7 +134,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
 
     async def _renew(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
         election, node_id, owner = self._names(stream, request)
-        outcome = await self.node.execute(Renew(election, node_id, self._token(request), owner))
+        outcome = await self.node.renew(Renew(election, node_id, self._token(request), owner))
         return pb.HeartbeatResponse(
             success=outcome.success, leader=self._leader(outcome.holder), election=request.election
         )

@@ -115,6 +115,9 @@ class ElectionSimOptions:
     act: float = 0.3  # chance per tick that an idle client tries to take its election
     campaign: float = 0.4  # share of attempts that Campaign instead of TryBecomeLeader
     refresh: float = 0.15  # share of a holder's renewals sent as TryBecomeLeader
+    # share of renewal streams opened to a node that believes it is the Raft
+    # leader (a deposed one too), where renewals are answered off the log
+    renew_at_leader: float = 0.6
     release: float = 0.02  # chance per tick that a holder releases
     read: float = 0.05  # chance per tick that a client reads its election through a node
     stall: float = 0.03  # chance per tick that a client stops sending for a while
@@ -191,6 +194,12 @@ class ElectionReplica:
     def check_forwarded(self, data: bytes) -> None:
         self.elections.check_forwarded(data)
 
+    def renews_off_log(self, request: object) -> bool:
+        return self.elections.renews_off_log(request)
+
+    def renew(self, request: object, arrived: float) -> Applied:
+        return self.elections.renew(request, arrived)
+
 
 @dataclass
 class _NodeState:
@@ -209,6 +218,8 @@ class _NodeState:
     #: The Campaign calls this node carries, as their handlers hold them.
     waiters: dict[str, _CampaignCall] = field(default_factory=dict)
     reads: dict[bytes, tuple[str, int, int]] = field(default_factory=dict)  # election, floor, until
+    #: Renewals the replica answers off the log: rid -> client, creq, until, arrived.
+    renewals: dict[str, tuple[str, int, int, float]] = field(default_factory=dict)
 
 
 class _CampaignCall:
@@ -296,6 +307,7 @@ class _Client:
         self.next_tick = 0  # no new request before this tick
         self.stalled_until = 0
         self.released: set[int] = set()  # tokens this client ever released
+        self.renew_node: str | None = None  # where its renewals go, until one fails
 
     # -- belief -------------------------------------------------------------
 
@@ -385,6 +397,7 @@ class _Client:
 
     def _abandon(self) -> None:
         assert self.req is not None
+        self.renew_node = None
         if self.req.kind in ("hb", "refresh") and self.confirming is not None:
             self.confirming = None
         self.req = None
@@ -406,6 +419,7 @@ class _Client:
         if error:
             # No answer: try again soon (a holder keeps believing until its deadline).
             self.next_tick = tick + sim.rng.randrange(1, 4)
+            self.renew_node = None
             if req.kind in ("hb", "refresh") and self.confirming is not None:
                 self.confirming = None
             return
@@ -517,6 +531,7 @@ class ElectionSimulation(Simulation):
             "periods": 0,
             "leaders": 0,
             "reads": 0,
+            "renewed_off_log": 0,
         }
         self.cluster = _ElectionCluster(
             self,
@@ -585,6 +600,12 @@ class ElectionSimulation(Simulation):
             elif applied.error is not None:
                 self._fail(nid, applied.request_id)
         st, sn = self.node_state[nid], self.cluster.nodes[nid]
+        for rid, renewed in done.renewed:
+            self._answer_renewal(nid, rid, renewed.outcome)
+        for rid in done.renewals_lost:
+            call = st.renewals.pop(rid, None)
+            if call is not None:
+                self._reply(nid, call[0], call[1], False, None, True)
         for ctx in done.reads:
             read = st.reads.pop(ctx, None)
             if read is None:
@@ -597,6 +618,23 @@ class ElectionSimulation(Simulation):
                     "read was sent (linearizable reads)"
                 )
             self.stats["reads"] += 1
+
+    def _answer_renewal(self, nid: str, rid: str, outcome: Outcome) -> None:
+        """A renewal the leader answered off the log: record it as the checks
+        need it (a deadline moved on this node only), then reply."""
+        call = self.node_state[nid].renewals.pop(rid, None)
+        if outcome.success:
+            h = outcome.holder
+            key = (h.election, h.fencing_token)
+            rep = self._replica(nid)
+            arrived = call[3] if call is not None else self.clock()
+            rep.renewed[key] = max(rep.renewed.get(key, -math.inf), arrived)
+            sent = self.rid_sent.get(rid)
+            if sent is not None and sent[0] == h.node_id:
+                self.last_send[key] = max(self.last_send.get(key, -math.inf), sent[1])
+            self.stats["renewed_off_log"] += 1
+        if call is not None:
+            self._reply(nid, call[0], call[1], outcome.success, outcome.holder, False)
 
     def _replica(self, nid: str) -> ElectionReplica:
         sm = self.cluster.nodes[nid].sm
@@ -786,6 +824,20 @@ class ElectionSimulation(Simulation):
 
     def _send_request(self, client: _Client, creq: int | None, cmd: Command) -> None:
         node = self.rng.choice(sorted(self.cluster.nodes))
+        if isinstance(cmd, Renew):
+            # As the client library's one KeepAlive stream: the same node
+            # until a renewal fails.
+            if client.renew_node is not None:
+                node = client.renew_node
+            elif self.rng.random() < self.eopts.renew_at_leader:
+                leaders = [
+                    nid
+                    for nid, st in sorted(self.node_state.items())
+                    if st.role is Role.LEADER and self.cluster.nodes[nid].alive
+                ]
+                if leaders:
+                    node = self.rng.choice(leaders)
+            client.renew_node = node
         copies = 2 if self.rng.random() < self.eopts.duplicate else 1
         self._net(client.id, node, "req", (creq, cmd, self.clock()), copies)
 
@@ -830,6 +882,17 @@ class ElectionSimulation(Simulation):
                 campaign.until = self.cluster.now + self.eopts.campaign_timeout
                 campaign.election = cmd.election
                 st.waiters[rid] = campaign
+        elif isinstance(cmd, Renew):
+            # As ClusterNode.renew: the Raft leader answers off the log.
+            self.rid_sent[rid] = (client, sent)
+            now = self.clock()
+            if self.cluster.nodes[nid].live().renew(rid, cmd, now):
+                if creq is not None:
+                    until = self.cluster.now + self.eopts.request_timeout
+                    st.renewals[rid] = (client, creq, until, now)
+                return
+            if creq is not None:
+                st.pending[rid] = (client, creq, self.cluster.now + self.eopts.request_timeout)
         elif creq is not None:
             st.pending[rid] = (client, creq, self.cluster.now + self.eopts.request_timeout)
         self.rid_sent[rid] = (client, sent)
@@ -882,6 +945,10 @@ class ElectionSimulation(Simulation):
                     del st.waiters[waiter]
                 elif tick >= campaign.until:
                     self._fail(nid, waiter)
+            for rid, (client, creq, until, _) in list(st.renewals.items()):
+                if tick >= until:
+                    del st.renewals[rid]
+                    self._reply(nid, client, creq, False, None, True)
             for ctx, (_, _, until) in list(st.reads.items()):
                 if tick >= until:
                     del st.reads[ctx]
