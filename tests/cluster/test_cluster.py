@@ -474,3 +474,29 @@ async def test_health_is_not_serving_without_quorum_and_serving_again_with_it(
     assert "no quorum" in result.stderr.decode()
     await cluster.restart(others[0])
     await cluster.wait_health(survivor, "SERVING")
+
+
+async def test_renewals_through_leader_and_follower_are_answered_off_the_log(cluster: Cluster):
+    """Only the first renewal of a grant is logged; the rest, sent to the Raft
+    leader or forwarded to it by a follower, leave the log as it was, and are
+    refused to anyone but the holder."""
+    leader, _ = await cluster.start(3)
+    follower = next(i for i in cluster.nodes if i != leader)
+    async with (
+        open_client(cluster.endpoints([leader]), timeout=2) as at_leader,
+        open_client(cluster.endpoints([follower]), timeout=2) as at_follower,
+    ):
+        granted = await at_follower.try_become_leader("off-log", "worker-a", ttl=5)
+        assert granted.success
+        token = granted.leader.fencing_token
+        first = await at_follower.heartbeat("off-log", "worker-a", token)  # logged
+        assert first.success
+        before = (await cluster.status(leader)).commit_index
+        for client in (at_leader, at_follower) * 20:
+            renewed = await client.heartbeat("off-log", "worker-a", token)
+            assert renewed.success and renewed.leader.fencing_token == token
+            assert renewed.leader.remaining > 4
+        assert not (await at_follower.heartbeat("off-log", "worker-b", 0)).success
+        assert not (await at_leader.heartbeat("off-log", "worker-a", token + 1)).success
+        after = (await cluster.status(leader)).commit_index
+        assert after == before, f"40 renewals moved the commit index {before} -> {after}"

@@ -20,6 +20,7 @@ from trio_election.core import (
     Release,
     Renew,
 )
+from trio_election.core._codec import dump_machine
 from trio_election.core._machine import EXPIRE_RETRY_S
 
 E = "election"
@@ -828,3 +829,46 @@ def test_a_conditional_release_never_ends_a_lease_renewed_since() -> None:
     other = m.apply(campaign("w2", "n1/b/2", election="f"), 0.0, 4).holder
     assert m.apply(Release("f", "w2", other.fencing_token, renewals=0), 0.3, 5).success
     assert m.holder("f") is None
+
+
+# -- renewals off the log (a Raft leader, after its quorum round) -----------------
+
+
+def test_only_a_renewed_grant_may_be_renewed_off_the_log():
+    m = ElectionMachine()
+    token = m.apply(acquire("n1"), now=0.0).holder.fencing_token
+    assert not m.renews_off_log(Renew(E, "n1", token))  # the first renewal is logged
+    m.apply(Renew(E, "n1", token), now=0.1)
+    assert m.renews_off_log(Renew(E, "n1", token))
+    assert not m.renews_off_log(Renew("other", "n1", token))
+
+
+def test_a_confirmed_renewal_moves_the_deadline_from_its_arrival_and_nothing_replicated():
+    m = ElectionMachine()
+    token = m.apply(acquire("n1", 1000), now=0.0).holder.fencing_token
+    m.apply(Renew(E, "n1", token), now=0.1)
+    image = dump_machine(m)
+    out = m.renew_confirmed(Renew(E, "n1", token), arrived=0.5)
+    assert out.success and out.holder.deadline == 1.5
+    assert dump_machine(m) == image
+    # Never earlier, and never for someone else or another token.
+    assert m.renew_confirmed(Renew(E, "n1", token), arrived=0.2).holder.deadline == 1.5
+    assert not m.renew_confirmed(Renew(E, "n2", 0), arrived=0.6).success
+    assert not m.renew_confirmed(Renew(E, "n1", token + 1), arrived=0.6).success
+    assert m.holder(E).deadline == 1.5
+
+
+def test_a_lease_whose_expiry_was_proposed_refuses_renewals_until_that_is_settled():
+    m = ElectionMachine()
+    token = m.apply(acquire("n1", 1000), now=0.0).holder.fencing_token
+    m.apply(Renew(E, "n1", token), now=0.0)
+    (expire,) = m.due(1.0)  # proposed, not applied yet
+    assert not m.renew_confirmed(Renew(E, "n1", token), arrived=1.0).success
+    # A logged renewal that lands first makes that Expire stale: renewable again.
+    m.apply(Renew(E, "n1", token), now=1.05)
+    assert not m.apply(expire, now=1.1).success
+    assert m.renew_confirmed(Renew(E, "n1", token), arrived=1.2).success
+    # A new Raft leader's refresh settles it too.
+    m.due(5.0)
+    m.refresh_all(5.0)
+    assert m.renew_confirmed(Renew(E, "n1", token), arrived=5.1).success

@@ -32,8 +32,9 @@ from itertools import count
 
 import trio
 
-from .._bridge import Waiter
+from .._bridge import GRPCError, Waiter
 from .._errors import StartupError, Unavailable
+from .._generated.v1 import cluster_pb2
 from ..client._transport import parse_endpoint
 from ..core import Command, ElectionMachine, Holder, Limits, Outcome, Renew
 from ..core._codec import encode_command
@@ -55,6 +56,9 @@ from ._peers import Peers
 from ._raft_store import RaftStore
 
 log = logging.getLogger("trio_election.cluster")
+
+#: Most renewals a follower forwards to the leader in one call.
+MAX_FORWARDED_RENEWALS = 10_000
 
 
 def cluster_id_of(initial_cluster: dict[str, str]) -> str:
@@ -85,6 +89,8 @@ class ClusterNode(HubClient):
         self._conf_waiters: dict[tuple[ConfChangeType, str], Waiter] = {}
         self._reads: dict[bytes, Waiter] = {}
         self._renewals: dict[str, Waiter] = {}
+        self._to_forward: list[tuple[Renew, Waiter]] = []
+        self._forward_wake = trio.Event()
         self._wake = trio.Event()
         self._store: RaftStore | None = None
         self._nursery: trio.Nursery | None = None
@@ -194,6 +200,7 @@ class ClusterNode(HubClient):
                 self.peers.update(self.members)
                 nursery.start_soon(self._ready_loop)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._forwarder)
                 if self.config.join and self._store.last_index() == 0:
                     await self._join()
                 task_status.started()
@@ -207,7 +214,9 @@ class ClusterNode(HubClient):
         self.closing = True
         self.report_serving(False)
         self.hub.close()
-        for waiter in [*self._pending.values(), *self._reads.values(), *self._renewals.values()]:
+        waiters = [*self._pending.values(), *self._reads.values(), *self._renewals.values()]
+        waiters += [waiter for _, waiter in self._to_forward]
+        for waiter in waiters:
             waiter.fail(Unavailable("the node is shutting down"))
 
     async def _join(self) -> None:
@@ -256,8 +265,10 @@ class ClusterNode(HubClient):
             self.replica.forget(request_id)
 
     async def renew(self, command: Renew) -> Outcome:
-        """A renewal: on the Raft leader, answered off the log after a batched
-        quorum round (``replica/_renewals.py``); else proposed like any command.
+        """A renewal: answered by the Raft leader off the log after a batched
+        quorum round (``replica/_renewals.py``). A follower forwards it to the
+        leader (``RaftTransport.Renew``, batched); the first renewal of a
+        grant is proposed like any command.
 
         Raises:
             Unavailable: this node stopped leading first, or no quorum
@@ -266,11 +277,16 @@ class ClusterNode(HubClient):
         if self.closing:
             raise Unavailable("the node is shutting down")
         key = f"{next(self._seq)}"
-        if not self.replica.renew(key, command, self.clock()):
-            return await self.execute(command)
         waiter = Waiter()
-        self._renewals[key] = waiter
-        self._wake.set()
+        if self.replica.renew(key, command, self.clock()):
+            self._renewals[key] = waiter
+            self._wake.set()
+        elif self.role is not Role.LEADER and self.leader is not None:
+            # To the leader, with the others that arrive meanwhile.
+            self._to_forward.append((command, waiter))
+            self._forward_wake.set()
+        else:
+            return await self.execute(command)
         try:
             return await waiter.wait(self.config.request_timeout_s)
         except TimeoutError:
@@ -366,6 +382,65 @@ class ClusterNode(HubClient):
             await trio.sleep(self.config.tick_s)
             self.replica.tick(self.clock())
             self._wake.set()
+
+    async def _forwarder(self) -> None:
+        """Carry followers' renewals to the Raft leader, one batch at a time:
+        what arrives while a batch is out goes in the next."""
+        while True:
+            await self._forward_wake.wait()
+            self._forward_wake = trio.Event()
+            while self._to_forward:
+                batch = self._to_forward[:MAX_FORWARDED_RENEWALS]
+                del self._to_forward[: len(batch)]
+                await self._forward(batch)
+
+    async def _forward(self, batch: list[tuple[Renew, Waiter]]) -> None:
+        leader = self.leader
+        channel = self.peers.channel(leader) if leader is not None else None
+        if channel is None:
+            for _, waiter in batch:
+                waiter.fail(Unavailable(self._why_no_commit()))
+            return
+        request = cluster_pb2.RenewBatch(
+            renewals=[
+                cluster_pb2.Renewal(
+                    election=c.election,
+                    node_id=c.node_id,
+                    fencing_token=c.fencing_token,
+                    owner=c.owner,
+                )
+                for c, _ in batch
+            ],
+            **{"from": self.id},
+        )
+        try:
+            reply = await channel.unary(
+                channel.stub.Renew, request, timeout=self.config.request_timeout_s
+            )
+        except (GRPCError, OSError, TimeoutError, trio.TooSlowError) as exc:
+            why = getattr(exc, "message", None) or repr(exc)
+            for _, waiter in batch:
+                waiter.fail(Unavailable(f"the Raft leader {leader} did not renew: {why}; retry"))
+            return
+        now = self.clock()
+        for (command, waiter), r in zip(batch, reply.results, strict=False):
+            if r.error:
+                waiter.fail(Unavailable(r.error))
+                continue
+            holder = None
+            if r.held:
+                holder = Holder(
+                    command.election,
+                    r.node_id,
+                    r.fencing_token,
+                    r.ttl_ms,
+                    r.value,
+                    now + r.remaining_ms / 1000,
+                    r.owner,
+                )
+            waiter.set(Outcome(r.success, holder))
+        for _, waiter in batch[len(reply.results) :]:
+            waiter.fail(Unavailable(f"the Raft leader {leader} did not answer; retry"))
 
     async def _ready_loop(self) -> None:
         while True:

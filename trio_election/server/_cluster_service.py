@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -11,6 +12,7 @@ from h2.exceptions import StreamClosedError
 from .._bridge import GRPCError, Status, StreamTerminatedError, recv_one_request, recv_request
 from .._errors import ElectionError, InvalidArgument
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
+from ..core import Renew
 from ..raft import (
     CodecError,
     ConfChange,
@@ -26,6 +28,8 @@ log = logging.getLogger("trio_election.cluster")
 
 #: Largest Raft batch a node reads (snapshots travel in these).
 MAX_PEER_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Most renewals one forwarded batch may carry.
+MAX_FORWARDED_RENEWALS = 10_000
 
 
 class ClusterService(cluster_grpc.ClusterBase):
@@ -188,3 +192,49 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
                 await stream.send_message(pb.SendAck())  # the peer may be gone already
         finally:
             self.streams.discard(stream)
+
+    async def Renew(self, stream: Any) -> None:
+        """Renewals a follower forwards: answered here, off the log, if this
+        node is the Raft leader (``ClusterNode.renew``)."""
+        node = self.node
+        batch = await recv_request(stream, MAX_PEER_MESSAGE_BYTES)
+        if batch is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "renewals: no request")
+        sender = getattr(batch, "from")
+        if sender in node.removed_members or not node.is_member(sender):
+            raise GRPCError(Status.PERMISSION_DENIED, f"from: {sender!r} is not a member")
+        if node.role is not Role.LEADER:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"node {node.id} is not the Raft leader")
+        if len(batch.renewals) > MAX_FORWARDED_RENEWALS:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"renewals: {len(batch.renewals)}, at most {MAX_FORWARDED_RENEWALS} a batch",
+            )
+        results = await asyncio.gather(*(self._renew_one(r) for r in batch.renewals))
+        await stream.send_message(pb.RenewResults(results=results))
+
+    async def _renew_one(self, r: Any) -> pb.RenewResult:
+        node = self.node
+        try:
+            command = Renew(
+                node.limits.name("election", r.election),
+                node.limits.name("node_id", r.node_id),
+                r.fencing_token,
+                r.owner,
+            )
+            outcome = await node.renew(command)
+        except ElectionError as exc:
+            return pb.RenewResult(error=str(exc))
+        holder = outcome.holder
+        if holder is None:
+            return pb.RenewResult(success=outcome.success)
+        return pb.RenewResult(
+            success=outcome.success,
+            held=True,
+            node_id=holder.node_id,
+            fencing_token=holder.fencing_token,
+            ttl_ms=holder.ttl_ms,
+            remaining_ms=max(0, int((holder.deadline - node.clock()) * 1000)),
+            value=holder.value,
+            owner=holder.owner,
+        )

@@ -95,6 +95,10 @@ class RaftTransportBase(abc.ABC):
     async def Send(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.RaftBatch, trio_election._generated.v1.cluster_pb2.SendAck]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def Renew(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.RenewBatch, trio_election._generated.v1.cluster_pb2.RenewResults]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/trio_election.v1.RaftTransport/Send': grpclib.const.Handler(
@@ -102,6 +106,12 @@ class RaftTransportBase(abc.ABC):
                 grpclib.const.Cardinality.STREAM_UNARY,
                 trio_election._generated.v1.cluster_pb2.RaftBatch,
                 trio_election._generated.v1.cluster_pb2.SendAck,
+            ),
+            '/trio_election.v1.RaftTransport/Renew': grpclib.const.Handler(
+                self.Renew,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trio_election._generated.v1.cluster_pb2.RenewBatch,
+                trio_election._generated.v1.cluster_pb2.RenewResults,
             ),
         }
 
@@ -114,4 +124,10 @@ class RaftTransportStub:
             '/trio_election.v1.RaftTransport/Send',
             trio_election._generated.v1.cluster_pb2.RaftBatch,
             trio_election._generated.v1.cluster_pb2.SendAck,
+        )
+        self.Renew = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trio_election.v1.RaftTransport/Renew',
+            trio_election._generated.v1.cluster_pb2.RenewBatch,
+            trio_election._generated.v1.cluster_pb2.RenewResults,
         )
