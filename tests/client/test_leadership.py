@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from trio_election import LeadershipLost, NotElected, open_client
+from trio_election.server._service import LeaderElectionService
 from trio_election.testing import FreezableProxy
 
 TTL = 3.0
@@ -185,3 +186,35 @@ async def test_a_grant_of_a_token_whose_release_may_still_land_is_taken_afresh(
         client._unconfirmed[("prod", "w1")] = {old}
         async with client.leadership("prod", node_id="w1", ttl=TTL) as lead:
             assert lead.fencing_token > old
+
+
+async def test_renewals_falling_due_together_go_as_one_batch_message(
+    node_port: int, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    original = LeaderElectionService._renew_batch
+
+    async def counting(self, stream, request):  # noqa: ANN001, ANN202
+        sizes.append(len(request.heartbeats))
+        return await original(self, stream, request)
+
+    monkeypatch.setattr(LeaderElectionService, "_renew_batch", counting)
+    async with open_client([f"127.0.0.1:{node_port}"]) as client:
+        held = trio.Event()
+        count = 0
+
+        async def hold(n: int) -> None:
+            nonlocal count
+            async with client.leadership(f"e{n}", node_id="w1", ttl=TTL) as lead:
+                count += 1
+                if count == 20:
+                    held.set()
+                await trio.sleep(5 * TTL)
+                assert lead.lost is None
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(hold, n)
+            await held.wait()
+    assert sizes and max(sizes) > 1, sizes
+    assert sum(sizes) > 20, sizes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from trio_election._bridge import GRPCError, Status
 from trio_election._generated.v1 import election_pb2 as pb
 
 from ._support import Client, RunningNode, StartNode, settle
@@ -295,6 +296,72 @@ async def test_keep_alive_heartbeats_extend_the_lease(
             assert reply.leader.remaining_ms in (999, 1000)
     # 4 s after a grant with a 1 s TTL, still held thanks to the stream.
     assert (await client.is_leader("e", "a")).is_leader
+
+
+async def test_a_batch_of_heartbeats_is_answered_in_one_reply_in_its_order(client: Client):
+    token = (await client.try_become_leader("e1", "a")).leader.fencing_token
+    await client.try_become_leader("e2", "z")
+    batch = pb.HeartbeatRequest(
+        heartbeats=[
+            pb.HeartbeatRequest(election="e1", node_id="a", fencing_token=token),
+            pb.HeartbeatRequest(election="e2", node_id="a"),
+            pb.HeartbeatRequest(election="e1", node_id="a", fencing_token=token + 1),
+            pb.HeartbeatRequest(election="free", node_id="a"),
+        ]
+    )
+    for reply in [
+        await client.call("Heartbeat", batch),
+        await stream_one(client, batch),
+    ]:
+        assert not reply.election and not reply.success
+        assert [(r.election, r.success) for r in reply.heartbeats] == [
+            ("e1", True),
+            ("e2", False),
+            ("e1", False),
+            ("free", False),
+        ]
+        assert reply.heartbeats[1].leader.node_id == "z"
+
+
+async def stream_one(client: Client, request: pb.HeartbeatRequest) -> pb.HeartbeatResponse:
+    async with client.keep_alive() as stream:
+        await stream.send(request)
+        reply = await stream.recv()
+        await stream.end()
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (
+            pb.HeartbeatRequest(election="e", heartbeats=[pb.HeartbeatRequest(election="e")]),
+            "heartbeats: a batch carries its heartbeats only",
+        ),
+        (
+            pb.HeartbeatRequest(
+                heartbeats=[pb.HeartbeatRequest(heartbeats=[pb.HeartbeatRequest(election="e")])]
+            ),
+            "heartbeats: a heartbeat in a batch is not a batch",
+        ),
+        (
+            pb.HeartbeatRequest(heartbeats=[pb.HeartbeatRequest(election="e", node_id="a")] * 1001),
+            "heartbeats: 1001 in one message, at most 1000",
+        ),
+        (
+            pb.HeartbeatRequest(heartbeats=[pb.HeartbeatRequest(election="", node_id="a")]),
+            "election",
+        ),
+    ],
+)
+async def test_a_bad_batch_of_heartbeats_is_refused_naming_the_field(
+    client: Client, batch: pb.HeartbeatRequest, message: str
+):
+    with pytest.raises(GRPCError) as info:
+        await client.call("Heartbeat", batch)
+    assert info.value.status is Status.INVALID_ARGUMENT
+    assert message in info.value.message
+    assert (await client.try_become_leader("still-serving", "a")).success
 
 
 # -- Watch ------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Heartbeats over an open stream cost the server a few microseconds each, a
 unary call well over a hundred (docs/design.md, pitfalls), so the library renews
 through this stream. Requests are answered in order, so replies are matched
-to waiting callers first-in, first-out. If the stream breaks, every waiting
-caller gets :class:`Unavailable` and the stream is opened again (on the next
+to waiting callers first-in, first-out. Heartbeats that are queued together
+(the renewals of many leaderships falling due at once) go as one batch
+message, answered by one reply. If the stream breaks, every waiting caller
+gets :class:`Unavailable` and the stream is opened again (on the next
 endpoint) for the next heartbeat.
 """
 
@@ -20,6 +22,11 @@ from .._generated.v1 import election_pb2 as pb
 from ._transport import Transport, backoff
 
 log = logging.getLogger("trio_election.client")
+
+#: Heartbeats sent in one batch message at most (the server takes 1,000), and
+#: their encoded size (the server reads at most 64 KiB a message).
+MAX_BATCH = 500
+MAX_BATCH_BYTES = 48 * 1024
 
 
 class _Slot:
@@ -39,7 +46,7 @@ class KeepAlive:
         self._send, self._requests = trio.open_memory_channel[tuple[pb.HeartbeatRequest, _Slot]](
             1024
         )
-        self._pending: deque[_Slot] = deque()
+        self._pending: deque[_Slot | list[_Slot]] = deque()
 
     async def heartbeat(self, election: str, node_id: str, token: int) -> pb.HeartbeatResponse:
         """Send one heartbeat and wait for its reply.
@@ -75,23 +82,48 @@ class KeepAlive:
                 await backoff(failures)
 
     async def _forward(self, stream: object, first: tuple[pb.HeartbeatRequest, _Slot]) -> None:
-        request, slot = first
+        batch = [first]
         while True:
-            self._pending.append(slot)
-            await stream.send(request)
-            request, slot = await self._requests.receive()
+            size = batch[0][0].ByteSize()
+            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+                try:
+                    item = self._requests.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(item)
+                size += item[0].ByteSize() + 4
+            if len(batch) == 1:
+                request, slot = batch[0]
+                self._pending.append(slot)
+                await stream.send(request)
+            else:
+                self._pending.append([slot for _, slot in batch])
+                await stream.send(pb.HeartbeatRequest(heartbeats=[r for r, _ in batch]))
+            batch = [await self._requests.receive()]
 
     async def _receive(self, stream: object) -> None:
         while True:
             reply = await stream.recv()
             if reply is None:
                 raise Unavailable("the server ended the KeepAlive stream")
-            slot = self._pending.popleft()
-            slot.reply = reply
-            slot.done.set()
+            waiting = self._pending.popleft()
+            if isinstance(waiting, _Slot):
+                waiting.reply = reply
+                waiting.done.set()
+                continue
+            if len(reply.heartbeats) != len(waiting):
+                raise Unavailable(
+                    f"a batch of {len(waiting)} heartbeats got {len(reply.heartbeats)} answers"
+                )
+            for slot, one in zip(waiting, reply.heartbeats, strict=True):
+                slot.reply = one
+                slot.done.set()
 
     def _fail(self, first: _Slot, error: ElectionError) -> None:
-        for slot in (*self._pending, first):
+        slots = [first]
+        for waiting in self._pending:
+            slots += [waiting] if isinstance(waiting, _Slot) else waiting
+        for slot in slots:
             if not slot.done.is_set():
                 slot.error = error
                 slot.done.set()

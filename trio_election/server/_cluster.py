@@ -23,6 +23,7 @@ the gRPC handlers (asyncio) await it, everything here (Trio) sets it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -67,6 +68,29 @@ def cluster_id_of(initial_cluster: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class _Replies:
+    """The answers to a batch of requests, awaited as one :class:`Waiter`."""
+
+    __slots__ = ("left", "results", "waiter")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Outcome | None] = [None] * n
+        self.left = n
+        self.waiter = Waiter()
+        if not n:
+            self.waiter.set([])
+
+    def set(self, i: int, outcome: Outcome) -> None:
+        if self.results[i] is None:
+            self.results[i] = outcome
+            self.left -= 1
+            if not self.left:
+                self.waiter.set(self.results)
+
+    def fail(self, exc: Exception) -> None:
+        self.waiter.fail(exc)
+
+
 class ClusterNode(HubClient):
     """One member of a Raft cluster; same interface as the single ``Node``."""
 
@@ -88,8 +112,8 @@ class ClusterNode(HubClient):
         self._pending: dict[str, Waiter] = {}
         self._conf_waiters: dict[tuple[ConfChangeType, str], Waiter] = {}
         self._reads: dict[bytes, Waiter] = {}
-        self._renewals: dict[str, Waiter] = {}
-        self._to_forward: list[tuple[Renew, Waiter]] = []
+        self._renewals: dict[str, tuple[_Replies, int]] = {}
+        self._to_forward: list[tuple[Renew, _Replies, int]] = []
         self._forward_wake = trio.Event()
         self._wake = trio.Event()
         self._store: RaftStore | None = None
@@ -214,8 +238,9 @@ class ClusterNode(HubClient):
         self.closing = True
         self.report_serving(False)
         self.hub.close()
-        waiters = [*self._pending.values(), *self._reads.values(), *self._renewals.values()]
-        waiters += [waiter for _, waiter in self._to_forward]
+        waiters = [*self._pending.values(), *self._reads.values()]
+        waiters += [replies.waiter for replies, _ in self._renewals.values()]
+        waiters += [replies.waiter for _, replies, _ in self._to_forward]
         for waiter in waiters:
             waiter.fail(Unavailable("the node is shutting down"))
 
@@ -265,10 +290,15 @@ class ClusterNode(HubClient):
             self.replica.forget(request_id)
 
     async def renew(self, command: Renew) -> Outcome:
-        """A renewal: answered by the Raft leader off the log after a batched
-        quorum round (``replica/_renewals.py``). A follower forwards it to the
-        leader (``RaftTransport.Renew``, batched); the first renewal of a
-        grant is proposed like any command.
+        """One renewal; see :meth:`renew_many`."""
+        return (await self.renew_many([command]))[0]
+
+    async def renew_many(self, commands: list[Renew]) -> list[Outcome]:
+        """Renewals, answered together: by the Raft leader off the log after
+        a batched quorum round (``replica/_renewals.py``). A follower forwards
+        them to the leader (``RaftTransport.Renew``, with the others that
+        arrive meanwhile); the first renewal of a grant is proposed like any
+        command.
 
         Raises:
             Unavailable: this node stopped leading first, or no quorum
@@ -276,23 +306,35 @@ class ClusterNode(HubClient):
         """
         if self.closing:
             raise Unavailable("the node is shutting down")
-        key = f"{next(self._seq)}"
-        waiter = Waiter()
-        if self.replica.renew(key, command, self.clock()):
-            self._renewals[key] = waiter
+        replies = _Replies(len(commands))
+        logged = []
+        now = self.clock()
+        forward = self.role is not Role.LEADER and self.leader is not None
+        keys = []
+        for i, command in enumerate(commands):
+            key = f"{next(self._seq)}"
+            if self.replica.renew(key, command, now):
+                self._renewals[key] = (replies, i)
+                keys.append(key)
+            elif forward:
+                self._to_forward.append((command, replies, i))
+            else:
+                logged.append(i)
+        if keys:
             self._wake.set()
-        elif self.role is not Role.LEADER and self.leader is not None:
-            # To the leader, with the others that arrive meanwhile.
-            self._to_forward.append((command, waiter))
+        if len(self._to_forward):
             self._forward_wake.set()
-        else:
-            return await self.execute(command)
         try:
-            return await waiter.wait(self.config.request_timeout_s)
+            if logged:
+                outcomes = await asyncio.gather(*(self.execute(commands[i]) for i in logged))
+                for i, outcome in zip(logged, outcomes, strict=True):
+                    replies.set(i, outcome)
+            return await replies.waiter.wait(self.config.request_timeout_s)
         except TimeoutError:
             raise Unavailable(self._why_no_commit()) from None
         finally:
-            self._renewals.pop(key, None)
+            for key in keys:
+                self._renewals.pop(key, None)
 
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, linearizably (ReadIndex)."""
@@ -394,12 +436,12 @@ class ClusterNode(HubClient):
                 del self._to_forward[: len(batch)]
                 await self._forward(batch)
 
-    async def _forward(self, batch: list[tuple[Renew, Waiter]]) -> None:
+    async def _forward(self, batch: list[tuple[Renew, _Replies, int]]) -> None:
         leader = self.leader
         channel = self.peers.channel(leader) if leader is not None else None
         if channel is None:
-            for _, waiter in batch:
-                waiter.fail(Unavailable(self._why_no_commit()))
+            for _, replies, _ in batch:
+                replies.fail(Unavailable(self._why_no_commit()))
             return
         request = cluster_pb2.RenewBatch(
             renewals=[
@@ -409,7 +451,7 @@ class ClusterNode(HubClient):
                     fencing_token=c.fencing_token,
                     owner=c.owner,
                 )
-                for c, _ in batch
+                for c, _, _ in batch
             ],
             **{"from": self.id},
         )
@@ -419,13 +461,13 @@ class ClusterNode(HubClient):
             )
         except (GRPCError, OSError, TimeoutError, trio.TooSlowError) as exc:
             why = getattr(exc, "message", None) or repr(exc)
-            for _, waiter in batch:
-                waiter.fail(Unavailable(f"the Raft leader {leader} did not renew: {why}; retry"))
+            for _, replies, _ in batch:
+                replies.fail(Unavailable(f"the Raft leader {leader} did not renew: {why}; retry"))
             return
         now = self.clock()
-        for (command, waiter), r in zip(batch, reply.results, strict=False):
+        for (command, replies, i), r in zip(batch, reply.results, strict=False):
             if r.error:
-                waiter.fail(Unavailable(r.error))
+                replies.fail(Unavailable(r.error))
                 continue
             holder = None
             if r.held:
@@ -438,9 +480,9 @@ class ClusterNode(HubClient):
                     now + r.remaining_ms / 1000,
                     r.owner,
                 )
-            waiter.set(Outcome(r.success, holder))
-        for _, waiter in batch[len(reply.results) :]:
-            waiter.fail(Unavailable(f"the Raft leader {leader} did not answer; retry"))
+            replies.set(i, Outcome(r.success, holder))
+        for _, replies, _ in batch[len(reply.results) :]:
+            replies.fail(Unavailable(f"the Raft leader {leader} did not answer; retry"))
 
     async def _ready_loop(self) -> None:
         while True:
@@ -500,13 +542,13 @@ class ClusterNode(HubClient):
             if waiter is not None:
                 waiter.set()
         for key, renewed in done.renewed:
-            waiter = self._renewals.get(key)
-            if waiter is not None:
-                waiter.set(renewed.outcome)
+            entry = self._renewals.pop(key, None)
+            if entry is not None:
+                entry[0].set(entry[1], renewed.outcome)
         for key in done.renewals_lost:
-            waiter = self._renewals.get(key)
-            if waiter is not None:
-                waiter.fail(Unavailable("this node stopped being the Raft leader; retry"))
+            entry = self._renewals.pop(key, None)
+            if entry is not None:
+                entry[0].fail(Unavailable("this node stopped being the Raft leader; retry"))
         if done.removed:
             self.removed.set()
 

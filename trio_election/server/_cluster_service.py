@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -210,21 +209,29 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
                 Status.INVALID_ARGUMENT,
                 f"renewals: {len(batch.renewals)}, at most {MAX_FORWARDED_RENEWALS} a batch",
             )
-        results = await asyncio.gather(*(self._renew_one(r) for r in batch.renewals))
+        results: list[pb.RenewResult | None] = []
+        commands, where = [], []
+        for r in batch.renewals:
+            try:
+                election = node.limits.name("election", r.election)
+                node_id = node.limits.name("node_id", r.node_id)
+            except ElectionError as exc:
+                results.append(pb.RenewResult(error=str(exc)))
+                continue
+            where.append(len(results))
+            results.append(None)
+            commands.append(Renew(election, node_id, r.fencing_token, r.owner))
+        try:
+            outcomes = await node.renew_many(commands)
+        except ElectionError as exc:
+            outcomes = [exc] * len(commands)
+        for i, outcome in zip(where, outcomes, strict=True):
+            results[i] = self._result(outcome)
         await stream.send_message(pb.RenewResults(results=results))
 
-    async def _renew_one(self, r: Any) -> pb.RenewResult:
-        node = self.node
-        try:
-            command = Renew(
-                node.limits.name("election", r.election),
-                node.limits.name("node_id", r.node_id),
-                r.fencing_token,
-                r.owner,
-            )
-            outcome = await node.renew(command)
-        except ElectionError as exc:
-            return pb.RenewResult(error=str(exc))
+    def _result(self, outcome: Any) -> pb.RenewResult:
+        if isinstance(outcome, ElectionError):
+            return pb.RenewResult(error=str(outcome))
         holder = outcome.holder
         if holder is None:
             return pb.RenewResult(success=outcome.success)
@@ -234,7 +241,7 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
             node_id=holder.node_id,
             fencing_token=holder.fencing_token,
             ttl_ms=holder.ttl_ms,
-            remaining_ms=max(0, int((holder.deadline - node.clock()) * 1000)),
+            remaining_ms=holder.remaining_ms(self.node.clock()),
             value=holder.value,
             owner=holder.owner,
         )

@@ -144,6 +144,10 @@ class Node(HubClient):
         """A renewal: applied here at once (it needs no disk write)."""
         return await self.execute(command)
 
+    async def renew_many(self, commands: list[Renew]) -> list[Outcome]:
+        """Renewals, answered together."""
+        return [await self.execute(command) for command in commands]
+
     def submit(self, command: Command) -> None:
         """Apply ``command`` without waiting for anything (clean-up paths)."""
         if not self.closing:

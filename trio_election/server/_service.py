@@ -37,6 +37,10 @@ log = logging.getLogger("trio_election.service")
 Handler = Callable[["LeaderElectionService", Any], Awaitable[None]]
 
 
+#: Heartbeats one batch message may carry (and at most MAX_REQUEST_BYTES).
+MAX_HEARTBEATS = 1_000
+
+
 def _handler(method: Handler) -> Handler:
     """Count the call as active and map domain errors to gRPC statuses."""
 
@@ -133,10 +137,38 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             )
 
     async def _renew(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
+        if request.heartbeats:
+            return await self._renew_batch(stream, request)
         election, node_id, owner = self._names(stream, request)
         outcome = await self.node.renew(Renew(election, node_id, self._token(request), owner))
         return pb.HeartbeatResponse(
             success=outcome.success, leader=self._leader(outcome.holder), election=request.election
+        )
+
+    async def _renew_batch(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
+        """Many heartbeats in one message, answered together."""
+        if request.election or request.node_id or request.fencing_token:
+            raise InvalidArgument(
+                "heartbeats", "a batch carries its heartbeats only, not election, node_id or token"
+            )
+        if len(request.heartbeats) > MAX_HEARTBEATS:
+            raise InvalidArgument(
+                "heartbeats", f"{len(request.heartbeats)} in one message, at most {MAX_HEARTBEATS}"
+            )
+        commands = []
+        for one in request.heartbeats:
+            if one.heartbeats:
+                raise InvalidArgument("heartbeats", "a heartbeat in a batch is not a batch")
+            election, node_id, owner = self._names(stream, one)
+            commands.append(Renew(election, node_id, self._token(one), owner))
+        outcomes = await self.node.renew_many(commands)
+        return pb.HeartbeatResponse(
+            heartbeats=[
+                pb.HeartbeatResponse(
+                    success=o.success, leader=self._leader(o.holder), election=one.election
+                )
+                for one, o in zip(request.heartbeats, outcomes, strict=True)
+            ]
         )
 
     @_handler

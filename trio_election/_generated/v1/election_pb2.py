@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrio_election/v1/election.proto\x12\x10trio_election.v1\"w\n\x06Leader\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\r\x12\x14\n\x0cremaining_ms\x18\x05 \x01(\r\x12\r\n\x05value\x18\x06 \x01(\x0c\"Z\n\x16TryBecomeLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12\r\n\x05value\x18\x04 \x01(\x0c\"T\n\x17TryBecomeLeaderResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"L\n\x10HeartbeatRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"`\n\x11HeartbeatResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\x12\x10\n\x08\x65lection\x18\x03 \x01(\t\"T\n\x18ReleaseLeadershipRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"-\n\x19ReleaseLeadershipResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"4\n\x0fIsLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"O\n\x10IsLeaderResponse\x12\x11\n\tis_leader\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"+\n\x17GetCurrentLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"X\n\x18GetCurrentLeaderResponse\x12\x12\n\nhas_leader\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"S\n\x0f\x43\x61mpaignRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12\r\n\x05value\x18\x04 \x01(\x0c\"<\n\x10\x43\x61mpaignResponse\x12(\n\x06leader\x18\x01 \x01(\x0b\x32\x18.trio_election.v1.Leader\"8\n\x0cWatchRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x04\"\xd0\x01\n\x0bLeaderEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".trio_election.v1.LeaderEvent.Kind\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\x12\x10\n\x08revision\x18\x03 \x01(\x04\"S\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45LECTED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x12\r\n\tNO_LEADER\x10\x04\x32\xf1\x05\n\x0eLeaderElection\x12\x66\n\x0fTryBecomeLeader\x12(.trio_election.v1.TryBecomeLeaderRequest\x1a).trio_election.v1.TryBecomeLeaderResponse\x12T\n\tHeartbeat\x12\".trio_election.v1.HeartbeatRequest\x1a#.trio_election.v1.HeartbeatResponse\x12l\n\x11ReleaseLeadership\x12*.trio_election.v1.ReleaseLeadershipRequest\x1a+.trio_election.v1.ReleaseLeadershipResponse\x12Q\n\x08IsLeader\x12!.trio_election.v1.IsLeaderRequest\x1a\".trio_election.v1.IsLeaderResponse\x12i\n\x10GetCurrentLeader\x12).trio_election.v1.GetCurrentLeaderRequest\x1a*.trio_election.v1.GetCurrentLeaderResponse\x12Q\n\x08\x43\x61mpaign\x12!.trio_election.v1.CampaignRequest\x1a\".trio_election.v1.CampaignResponse\x12X\n\tKeepAlive\x12\".trio_election.v1.HeartbeatRequest\x1a#.trio_election.v1.HeartbeatResponse(\x01\x30\x01\x12H\n\x05Watch\x12\x1e.trio_election.v1.WatchRequest\x1a\x1d.trio_election.v1.LeaderEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrio_election/v1/election.proto\x12\x10trio_election.v1\"w\n\x06Leader\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\r\x12\x14\n\x0cremaining_ms\x18\x05 \x01(\r\x12\r\n\x05value\x18\x06 \x01(\x0c\"Z\n\x16TryBecomeLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12\r\n\x05value\x18\x04 \x01(\x0c\"T\n\x17TryBecomeLeaderResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"\x84\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x36\n\nheartbeats\x18\x04 \x03(\x0b\x32\".trio_election.v1.HeartbeatRequest\"\x99\x01\n\x11HeartbeatResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\x12\x10\n\x08\x65lection\x18\x03 \x01(\t\x12\x37\n\nheartbeats\x18\x04 \x03(\x0b\x32#.trio_election.v1.HeartbeatResponse\"T\n\x18ReleaseLeadershipRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\"-\n\x19ReleaseLeadershipResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"4\n\x0fIsLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"O\n\x10IsLeaderResponse\x12\x11\n\tis_leader\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"+\n\x17GetCurrentLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"X\n\x18GetCurrentLeaderResponse\x12\x12\n\nhas_leader\x18\x01 \x01(\x08\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\"S\n\x0f\x43\x61mpaignRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\r\x12\r\n\x05value\x18\x04 \x01(\x0c\"<\n\x10\x43\x61mpaignResponse\x12(\n\x06leader\x18\x01 \x01(\x0b\x32\x18.trio_election.v1.Leader\"8\n\x0cWatchRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x16\n\x0estart_revision\x18\x02 \x01(\x04\"\xd0\x01\n\x0bLeaderEvent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".trio_election.v1.LeaderEvent.Kind\x12(\n\x06leader\x18\x02 \x01(\x0b\x32\x18.trio_election.v1.Leader\x12\x10\n\x08revision\x18\x03 \x01(\x04\"S\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45LECTED\x10\x01\x12\x0c\n\x08RELEASED\x10\x02\x12\x0b\n\x07\x45XPIRED\x10\x03\x12\r\n\tNO_LEADER\x10\x04\x32\xf1\x05\n\x0eLeaderElection\x12\x66\n\x0fTryBecomeLeader\x12(.trio_election.v1.TryBecomeLeaderRequest\x1a).trio_election.v1.TryBecomeLeaderResponse\x12T\n\tHeartbeat\x12\".trio_election.v1.HeartbeatRequest\x1a#.trio_election.v1.HeartbeatResponse\x12l\n\x11ReleaseLeadership\x12*.trio_election.v1.ReleaseLeadershipRequest\x1a+.trio_election.v1.ReleaseLeadershipResponse\x12Q\n\x08IsLeader\x12!.trio_election.v1.IsLeaderRequest\x1a\".trio_election.v1.IsLeaderResponse\x12i\n\x10GetCurrentLeader\x12).trio_election.v1.GetCurrentLeaderRequest\x1a*.trio_election.v1.GetCurrentLeaderResponse\x12Q\n\x08\x43\x61mpaign\x12!.trio_election.v1.CampaignRequest\x1a\".trio_election.v1.CampaignResponse\x12X\n\tKeepAlive\x12\".trio_election.v1.HeartbeatRequest\x1a#.trio_election.v1.HeartbeatResponse(\x01\x30\x01\x12H\n\x05Watch\x12\x1e.trio_election.v1.WatchRequest\x1a\x1d.trio_election.v1.LeaderEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRYBECOMELEADERREQUEST']._serialized_end=264
   _globals['_TRYBECOMELEADERRESPONSE']._serialized_start=266
   _globals['_TRYBECOMELEADERRESPONSE']._serialized_end=350
-  _globals['_HEARTBEATREQUEST']._serialized_start=352
-  _globals['_HEARTBEATREQUEST']._serialized_end=428
-  _globals['_HEARTBEATRESPONSE']._serialized_start=430
-  _globals['_HEARTBEATRESPONSE']._serialized_end=526
-  _globals['_RELEASELEADERSHIPREQUEST']._serialized_start=528
-  _globals['_RELEASELEADERSHIPREQUEST']._serialized_end=612
-  _globals['_RELEASELEADERSHIPRESPONSE']._serialized_start=614
-  _globals['_RELEASELEADERSHIPRESPONSE']._serialized_end=659
-  _globals['_ISLEADERREQUEST']._serialized_start=661
-  _globals['_ISLEADERREQUEST']._serialized_end=713
-  _globals['_ISLEADERRESPONSE']._serialized_start=715
-  _globals['_ISLEADERRESPONSE']._serialized_end=794
-  _globals['_GETCURRENTLEADERREQUEST']._serialized_start=796
-  _globals['_GETCURRENTLEADERREQUEST']._serialized_end=839
-  _globals['_GETCURRENTLEADERRESPONSE']._serialized_start=841
-  _globals['_GETCURRENTLEADERRESPONSE']._serialized_end=929
-  _globals['_CAMPAIGNREQUEST']._serialized_start=931
-  _globals['_CAMPAIGNREQUEST']._serialized_end=1014
-  _globals['_CAMPAIGNRESPONSE']._serialized_start=1016
-  _globals['_CAMPAIGNRESPONSE']._serialized_end=1076
-  _globals['_WATCHREQUEST']._serialized_start=1078
-  _globals['_WATCHREQUEST']._serialized_end=1134
-  _globals['_LEADEREVENT']._serialized_start=1137
-  _globals['_LEADEREVENT']._serialized_end=1345
-  _globals['_LEADEREVENT_KIND']._serialized_start=1262
-  _globals['_LEADEREVENT_KIND']._serialized_end=1345
-  _globals['_LEADERELECTION']._serialized_start=1348
-  _globals['_LEADERELECTION']._serialized_end=2101
+  _globals['_HEARTBEATREQUEST']._serialized_start=353
+  _globals['_HEARTBEATREQUEST']._serialized_end=485
+  _globals['_HEARTBEATRESPONSE']._serialized_start=488
+  _globals['_HEARTBEATRESPONSE']._serialized_end=641
+  _globals['_RELEASELEADERSHIPREQUEST']._serialized_start=643
+  _globals['_RELEASELEADERSHIPREQUEST']._serialized_end=727
+  _globals['_RELEASELEADERSHIPRESPONSE']._serialized_start=729
+  _globals['_RELEASELEADERSHIPRESPONSE']._serialized_end=774
+  _globals['_ISLEADERREQUEST']._serialized_start=776
+  _globals['_ISLEADERREQUEST']._serialized_end=828
+  _globals['_ISLEADERRESPONSE']._serialized_start=830
+  _globals['_ISLEADERRESPONSE']._serialized_end=909
+  _globals['_GETCURRENTLEADERREQUEST']._serialized_start=911
+  _globals['_GETCURRENTLEADERREQUEST']._serialized_end=954
+  _globals['_GETCURRENTLEADERRESPONSE']._serialized_start=956
+  _globals['_GETCURRENTLEADERRESPONSE']._serialized_end=1044
+  _globals['_CAMPAIGNREQUEST']._serialized_start=1046
+  _globals['_CAMPAIGNREQUEST']._serialized_end=1129
+  _globals['_CAMPAIGNRESPONSE']._serialized_start=1131
+  _globals['_CAMPAIGNRESPONSE']._serialized_end=1191
+  _globals['_WATCHREQUEST']._serialized_start=1193
+  _globals['_WATCHREQUEST']._serialized_end=1249
+  _globals['_LEADEREVENT']._serialized_start=1252
+  _globals['_LEADEREVENT']._serialized_end=1460
+  _globals['_LEADEREVENT_KIND']._serialized_start=1377
+  _globals['_LEADEREVENT_KIND']._serialized_end=1460
+  _globals['_LEADERELECTION']._serialized_start=1463
+  _globals['_LEADERELECTION']._serialized_end=2216
 # @@protoc_insertion_point(module_scope)
