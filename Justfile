@@ -20,6 +20,10 @@ simulate *ARGS:
 bench *ARGS:
     {{python}} tools/bench.py {{ARGS}}
 
+# trio-election beside etcd (if installed), one run, one load generator: just bench-etcd --quick
+bench-etcd *ARGS:
+    {{python}} tools/etcd_compare.py {{ARGS}}
+
 # Attack one node with HTTP/2 abuse (rapid reset, floods, idle streams) and measure it.
 abuse *ARGS:
     {{python}} tools/abuse.py {{ARGS}}
