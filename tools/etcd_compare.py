@@ -17,6 +17,10 @@ workloads do what etcd's own election recipe does:
   then a Txn that puts the key with the lease if it does not exist.
 * ``renew``: renewals of held elections over streams (16 in flight per stream).
   Ours: Heartbeat over KeepAlive. etcd: LeaseKeepAlive.
+* ``renew16``: a client holding 16 elections renews them all with one
+  message. Ours: a batch of 16 heartbeats over KeepAlive. etcd: one
+  LeaseKeepAlive of the client's session lease, which the 16 keys share (as
+  etcd's concurrency.Session does). Counted as 16 renewals.
 * ``read``: who leads. Ours: GetCurrentLeader. etcd: Range (linearizable).
 
 Figures per row: ops/s, p50 and p99 latency, and server CPU in microseconds
@@ -62,7 +66,10 @@ from trio_election.testing import write_secret  # noqa: E402
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WINDOW = 16  # renewals in flight per stream
-TTL_S = 10
+GROUP = 16  # elections per client session in the renew16 workload
+WORKLOADS = ("acquire", "renew", f"renew{GROUP}", "read")
+TTL_S = 10  # of the elections the acquire workload takes
+HOLD_TTL_S = 600  # of those renewed and read: they must outlive the whole run
 INSTALL = (
     "etcd was not found: install it (Debian/Ubuntu: apt-get install etcd-server) "
     "to measure it beside us; measuring trio-election alone"
@@ -195,7 +202,7 @@ class Ours(System):
         for i, node_id in enumerate(ids):
             args = [sys.executable, "-m", "trio_election", "node", "--log-level", "warning"]
             args += ["--listen", f"{HOST}:{self.ports[i]}", "--data-dir", str(self.root / node_id)]
-            args += ["--max-ttl", "600"]
+            args += ["--max-ttl", str(HOLD_TTL_S)]
             if self.nodes > 1:
                 args += ["--id", node_id, "--initial-cluster", initial]
                 args += ["--cluster-key-file", str(key)]
@@ -210,14 +217,16 @@ class Ours(System):
 
         await self.wait_ready(probe, 30)
 
-    async def hold(self, count: int) -> list[Any]:
+    async def hold(self, count: int, prefix: str = "held") -> list[Any]:
         """Take ``count`` elections; return what a renewal names."""
 
         async def take(k: int) -> tuple[str, int]:
             stub = self.stubs[k % self.nodes]
-            election = f"held{k}"
+            election = f"{prefix}{k}"
             reply = await stub.TryBecomeLeader(
-                pb.TryBecomeLeaderRequest(election=election, node_id="holder", ttl_ms=TTL_S * 1000)
+                pb.TryBecomeLeaderRequest(
+                    election=election, node_id="holder", ttl_ms=HOLD_TTL_S * 1000
+                )
             )
             token = reply.leader.fencing_token
             # The first renewal of a grant is logged: here, not in the measurement.
@@ -254,12 +263,19 @@ class Ours(System):
         return self.stubs[task % self.nodes].KeepAlive.open()
 
     def renewal(self, item: Any) -> Any:
+        if isinstance(item, list):  # a group: one batch message
+            return pb.HeartbeatRequest(heartbeats=[self.renewal(one) for one in item])
         election, token = item
         return pb.HeartbeatRequest(election=election, node_id="holder", fencing_token=token)
 
     @staticmethod
     def renewed(reply: Any) -> bool:
-        return reply.success
+        return all(r.success for r in reply.heartbeats) if reply.heartbeats else reply.success
+
+    async def hold_groups(self, groups: int, size: int) -> list[Any]:
+        """``groups`` groups of ``size`` elections, each renewed by one batch message."""
+        held = await self.hold(groups * size, prefix="group")
+        return [held[g * size : (g + 1) * size] for g in range(groups)]
 
 
 class Etcd(System):
@@ -302,9 +318,10 @@ class Etcd(System):
 
         await self.wait_ready(probe, 30)
 
-    async def _acquire(self, i: int, key: bytes) -> int:
+    async def _acquire(self, i: int, key: bytes, lease_id: int = 0, ttl: int = TTL_S) -> int:
         rpc = self.rpc
-        lease = await self.lease[i].LeaseGrant(rpc.LeaseGrantRequest(TTL=TTL_S))
+        if not lease_id:
+            lease_id = (await self.lease[i].LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl))).ID
         txn = rpc.TxnRequest(
             compare=[
                 rpc.Compare(
@@ -315,17 +332,35 @@ class Etcd(System):
                 )
             ],
             success=[
-                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=b"w", lease=lease.ID))
+                rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=b"w", lease=lease_id))
             ],
             failure=[rpc.RequestOp(request_range=rpc.RangeRequest(key=key))],
         )
         reply = await self.kv[i].Txn(txn)
         assert reply.succeeded
-        return lease.ID
+        return lease_id
+
+    async def hold_groups(self, groups: int, size: int) -> list[Any]:
+        """``groups`` session leases with ``size`` elections each (etcd's
+        concurrency.Session: one lease, kept alive by one message, for all the
+        elections a client holds)."""
+
+        async def group(g: int) -> int:
+            i = g % self.nodes
+            grant = self.rpc.LeaseGrantRequest(TTL=HOLD_TTL_S)
+            lease_id = (await self.lease[i].LeaseGrant(grant)).ID
+            for k in range(size):
+                await self._acquire(i, f"group{g}-{k}".encode(), lease_id)
+            return lease_id
+
+        return await gather_bounded([group(g) for g in range(groups)])
 
     async def hold(self, count: int) -> list[Any]:
         return await gather_bounded(
-            [self._acquire(k % self.nodes, f"held{k}".encode()) for k in range(count)]
+            [
+                self._acquire(k % self.nodes, f"held{k}".encode(), ttl=HOLD_TTL_S)
+                for k in range(count)
+            ]
         )
 
     def acquire(self, task: int) -> Callable[[int], Awaitable[Any]]:
@@ -407,9 +442,10 @@ async def closed_loop(
 
 
 async def renew_streams(
-    system: System, held: list[Any], concurrency: int, duration: float
+    system: System, held: list[Any], concurrency: int, duration: float, per_message: int = 1
 ) -> tuple[list[float], int]:
-    """``concurrency`` renewals in flight, ``WINDOW`` per stream."""
+    """``concurrency`` messages in flight, ``WINDOW`` per stream; each renews
+    ``per_message`` elections (and counts as that many)."""
     window = min(WINDOW, concurrency)
     streams = max(1, concurrency // window)
     latencies: list[float] = []
@@ -429,7 +465,7 @@ async def renew_streams(
             while time.monotonic() < deadline:
                 reply = await stream.recv_message()
                 now = time.monotonic()
-                latencies.append(now - sent.popleft())
+                latencies.extend([now - sent.popleft()] * per_message)
                 refused += not system.renewed(reply)
                 sent.append(now)
                 await stream.send_message(system.renewal(mine[k % len(mine)]))
@@ -448,6 +484,8 @@ async def measure(
     started = time.monotonic()
     if workload == "renew":
         latencies, errors = await renew_streams(system, held, concurrency, duration)
+    elif workload == f"renew{GROUP}":
+        latencies, errors = await renew_streams(system, held, concurrency, duration, GROUP)
     elif workload == "acquire":
         latencies, errors = await closed_loop(
             [system.acquire(t) for t in range(concurrency)], duration
@@ -486,12 +524,14 @@ async def run_system(
     progress(f"{system.name}: starting {system.nodes} node(s)")
     await system.start()
     held = await system.hold(max(concurrencies) * 2)
+    groups = await system.hold_groups(max(concurrencies), GROUP)
     rows = []
-    for workload in ("acquire", "renew", "read"):
+    for workload in WORKLOADS:
         for c in concurrencies:
             results = []
             for r in range(runs):
-                results.append(await measure(system, workload, c, duration, held))
+                items = groups if workload == f"renew{GROUP}" else held
+                results.append(await measure(system, workload, c, duration, items))
                 progress(
                     f"{system.name} x{system.nodes} {workload} c={c} run {r + 1}/{runs}: "
                     f"{results[-1]['ops_per_s']:,.0f} ops/s"

@@ -25,7 +25,7 @@ def test_a_very_short_comparison_reports_every_row(tmp_path: Path) -> None:
     assert {r["system"] for r in rows} == systems
     for system in systems:
         got = {(r["workload"], r["concurrency"]) for r in rows if r["system"] == system}
-        assert got == {(w, c) for w in ("acquire", "renew", "read") for c in (16, 256)}
+        assert got == {(w, c) for w in ("acquire", "renew", "renew16", "read") for c in (16, 256)}
     for row in rows:
         assert row["ops_per_s"] > 0, row
         assert row["server_cpu_us_per_op"] > 0, row
