@@ -919,12 +919,26 @@ class Waiter:
     async def wait(self, timeout: float | None = None) -> Any:
         """Await the result (from an asyncio handler).
 
+        The one handler awaits the future itself: if it is cancelled, so is
+        the future, and a later ``set`` or ``fail`` does nothing. (No
+        ``wait_for`` and no ``shield``: each costs a task or a future per call,
+        on every request.)
+
         Raises:
             TimeoutError: nothing was set within ``timeout`` seconds.
         """
-        if timeout is None:
-            return await asyncio.shield(self._future)
-        return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+        future = self._future
+        if timeout is None or future.done():
+            return await future
+        timer = future.get_loop().call_later(timeout, self._time_out)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _time_out(self) -> None:
+        if not self._future.done():
+            self._future.set_exception(TimeoutError())
 
 
 class MessageQueue:
