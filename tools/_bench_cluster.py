@@ -10,8 +10,9 @@ three report the same Raft leader in ``Cluster.Status``. Then:
 1. committed operations at concurrency 1, 16, 64, 256: TryBecomeLeader
    refreshing the caller's own election, and Heartbeat over KeepAlive streams
    (a window of up to ``KA_WINDOW`` requests in flight per stream, so
-   ``ceil(c / KA_WINDOW)`` streams). Both are one Raft log entry each in
-   cluster mode. Each is run twice: load sent to all three nodes round-robin
+   ``ceil(c / KA_WINDOW)`` streams). A refresh is one Raft log entry; a
+   renewal is answered by the Raft leader off the log, after a quorum round
+   (followers forward it). Each is run twice: load sent to all three nodes round-robin
    (a unary task rotates over the nodes call by call, starting with a
    follower; KeepAlive streams are spread over the nodes, followers first;
    followers forward to the Raft leader) and only to the leader. Server CPU is
@@ -802,7 +803,8 @@ def render(cluster: dict[str, Any], config: dict[str, Any]) -> str:
     )
     parts.append(
         "Go: the original service's '~1,000 ops/s distributed' and '~1 KB per sync'; etcd: "
-        "docs/design.md's ~3,000 acquires/s on three nodes (c=64). All three nodes, the load "
+        "docs/design.md's ~3,000 acquires/s on three nodes (c=64), a constant: "
+        "`just bench-etcd` measures etcd beside us. All three nodes, the load "
         f"generator and anything else running share this machine's {config['cpus']} CPUs, so "
         "measured throughput is a floor; 'per leader core' is what the leader's own CPU use "
         "implies."

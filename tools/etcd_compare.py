@@ -617,10 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="three nodes, c=16 and 256, 1 run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--runs", type=int, help="runs per row (median; default 3, 1 quick)")
-    parser.add_argument("--duration", type=float, help="seconds per run (default 4, 1.5 quick)")
+    parser.add_argument("--duration", type=float, help="seconds per run (default 2, 1.5 quick)")
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    args.duration = args.duration or (1.5 if args.quick else 4.0)
+    args.duration = args.duration or (1.5 if args.quick else 2.0)
     args.concurrency = [16, 256] if args.quick else [1, 16, 64, 256]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop children on SIGTERM too
     # Plain asyncio for the load generator (importing trio_election installs
