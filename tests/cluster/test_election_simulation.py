@@ -37,6 +37,7 @@ from trio_election.testing import (
     SimOptions,
     sweep,
 )
+from trio_election.testing._sweep import seeds
 
 # Raft faults that leave the cluster mostly up: the client-side races
 # (expiry against late heartbeats, hand-over to a waiting candidate) then
@@ -119,15 +120,6 @@ REGRESSION_SEEDS: list[tuple[str, int]] = [
 ]
 
 
-def _sweep_cases() -> list[tuple[str, int]]:
-    count = os.environ.get("ELECTION_SIM_SEEDS")
-    return [
-        (name, seed)
-        for name, (_, default) in PROFILES.items()
-        for seed in range(int(count) if count else default)
-    ]
-
-
 def _cases() -> list[tuple[str, int]]:
     only = os.environ.get("ELECTION_SIM_SEED")
     if only is not None:
@@ -156,7 +148,7 @@ def check_seed(profile: str, seed: int) -> None:
 
 
 def test_sweep() -> None:
-    failures = sweep(check_seed, _sweep_cases(), "election simulation")
+    failures = sweep(check_seed, seeds(PROFILES, "ELECTION_SIM_SEEDS"), "election simulation")
     assert not failures, "\n\n".join(f"{p} seed {s}: {err}" for (p, s), err in failures)
 
 

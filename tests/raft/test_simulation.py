@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from trio_election.raft import ConfChange, ConfChangeType, RawNode, Ready
 from trio_election.testing import SimOptions, Simulation, sweep
+from trio_election.testing._sweep import seeds
 
 PROFILES: dict[str, tuple[SimOptions, int]] = {
     # name: (options, default number of seeds)
@@ -73,15 +74,6 @@ REGRESSION_SEEDS: list[tuple[str, int]] = [
 ]
 
 
-def _sweep_cases() -> list[tuple[str, int]]:
-    count = os.environ.get("RAFT_SIM_SEEDS")
-    return [
-        (name, seed)
-        for name, (_, default) in PROFILES.items()
-        for seed in range(int(count) if count else default)
-    ]
-
-
 def _cases() -> list[tuple[str, int]]:
     only = os.environ.get("RAFT_SIM_SEED")
     if only is not None:
@@ -103,7 +95,7 @@ def run_seed(profile: str, seed: int) -> None:
 
 
 def test_sweep() -> None:
-    failures = sweep(run_seed, _sweep_cases(), "raft simulation")
+    failures = sweep(run_seed, seeds(PROFILES, "RAFT_SIM_SEEDS"), "raft simulation")
     assert not failures, "\n\n".join(f"{p} seed {s}: {err}" for (p, s), err in failures)
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 Case = tuple[str, int]
@@ -23,6 +23,17 @@ def workers() -> int:
     if "SIM_WORKERS" in os.environ:
         return max(1, int(os.environ["SIM_WORKERS"]))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def seeds(profiles: Mapping[str, tuple[object, int]], count_variable: str) -> list[Case]:
+    """Every ``(profile, seed)``: each profile's default number of seeds, or
+    the number in the environment variable ``count_variable`` if set."""
+    count = os.environ.get(count_variable)
+    return [
+        (name, seed)
+        for name, (_, default) in profiles.items()
+        for seed in range(int(count) if count else default)
+    ]
 
 
 def _one(run: Callable[[str, int], object], case: Case) -> str | None:
