@@ -23,6 +23,11 @@ workloads do what etcd's own election recipe does:
   etcd's concurrency.Session does). Counted as 16 renewals.
 * ``read``: who leads. Ours: GetCurrentLeader. etcd: Range (linearizable).
 
+Then a capacity run on three nodes: N elections held (``--held``, default
+10,000; ``--held 100000`` for the target's figure), each renewed every TTL/3
+at TTL 10 s, 16 to a message, over 16 streams: the cluster's CPU (summed over
+the nodes) and the renewal latency.
+
 Figures per row: ops/s, p50 and p99 latency, and server CPU in microseconds
 per operation (utime + stime of the node processes, summed, over the
 measurement). With ``--runs N`` each row is the median of N runs, with the
@@ -272,9 +277,9 @@ class Ours(System):
     def renewed(reply: Any) -> bool:
         return all(r.success for r in reply.heartbeats) if reply.heartbeats else reply.success
 
-    async def hold_groups(self, groups: int, size: int) -> list[Any]:
+    async def hold_groups(self, groups: int, size: int, prefix: str = "group") -> list[Any]:
         """``groups`` groups of ``size`` elections, each renewed by one batch message."""
-        held = await self.hold(groups * size, prefix="group")
+        held = await self.hold(groups * size, prefix=prefix)
         return [held[g * size : (g + 1) * size] for g in range(groups)]
 
 
@@ -340,7 +345,7 @@ class Etcd(System):
         assert reply.succeeded
         return lease_id
 
-    async def hold_groups(self, groups: int, size: int) -> list[Any]:
+    async def hold_groups(self, groups: int, size: int, prefix: str = "group") -> list[Any]:
         """``groups`` session leases with ``size`` elections each (etcd's
         concurrency.Session: one lease, kept alive by one message, for all the
         elections a client holds)."""
@@ -350,7 +355,7 @@ class Etcd(System):
             grant = self.rpc.LeaseGrantRequest(TTL=HOLD_TTL_S)
             lease_id = (await self.lease[i].LeaseGrant(grant)).ID
             for k in range(size):
-                await self._acquire(i, f"group{g}-{k}".encode(), lease_id)
+                await self._acquire(i, f"{prefix}{g}-{k}".encode(), lease_id)
             return lease_id
 
         return await gather_bounded([group(g) for g in range(groups)])
@@ -519,12 +524,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run_system(
-    system: System, concurrencies: list[int], duration: float, runs: int
-) -> list[dict[str, Any]]:
+    system: System, concurrencies: list[int], duration: float, runs: int, held_n: list[int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     progress(f"{system.name}: starting {system.nodes} node(s)")
     await system.start()
     held = await system.hold(max(concurrencies) * 2)
-    groups = await system.hold_groups(max(concurrencies), GROUP)
+    # Groups are shared by the messages in flight beyond 64: fewer to take.
+    groups = await system.hold_groups(min(64, max(concurrencies)), GROUP)
     rows = []
     for workload in WORKLOADS:
         for c in concurrencies:
@@ -538,7 +544,76 @@ async def run_system(
                 )
             rows.append({"system": system.name, "nodes": system.nodes, "workload": workload,
                          "concurrency": c, **summarise(results)})  # fmt: skip
-    return rows
+    held_rows = []
+    if system.nodes > 1:
+        for n in held_n:
+            held_rows.append(await capacity(system, n, duration))
+            r = held_rows[-1]
+            progress(
+                f"{system.name} x{system.nodes} {n:,} held: {r['cluster_cpu_percent']:.0f}% CPU, "
+                f"renewal p99 {r['p99_ms']:.1f} ms"
+            )
+    return rows, held_rows
+
+
+async def capacity(system: System, elections: int, duration: float) -> dict[str, Any]:
+    """``elections`` held at TTL 10 s, each renewed every TTL/3, 16 to a
+    message (a client's renewals falling due together; etcd: one session
+    lease per 16), over 16 streams: the cluster's CPU and the renewal latency."""
+    groups = await system.hold_groups(max(1, elections // GROUP), GROUP, f"cap{elections}-")
+    progress(f"{system.name} x{system.nodes}: {elections:,} elections held; renewing")
+    interval = TTL_S / 3
+    streams = 16
+    latencies: list[float] = []
+    refused = 0
+    pids = system.processes.pids()
+    started = time.monotonic()
+    stop = started + max(duration, interval)
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+
+    async def pump(task: int) -> None:
+        nonlocal refused
+        mine = groups[task::streams]
+        if not mine:
+            return
+        gap = interval / len(mine)
+        sent: deque[float] = deque()
+        async with system.renew_stream(task) as stream:
+            await stream.send_request()  # before the receiver waits on the stream
+
+            async def receive() -> None:
+                nonlocal refused
+                while True:
+                    reply = await stream.recv_message()
+                    latencies.append(time.monotonic() - sent.popleft())
+                    refused += not system.renewed(reply)
+
+            receiver = asyncio.ensure_future(receive())
+            k = 0
+            while (due := started + k * gap) < stop:
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent.append(time.monotonic())
+                await stream.send_message(system.renewal(mine[k % len(mine)]))
+                k += 1
+            await asyncio.sleep(0.5)  # the last replies
+            if receiver.done():
+                receiver.result()  # it failed: say why
+            receiver.cancel()
+            await stream.cancel()
+
+    await asyncio.gather(*(pump(t) for t in range(streams)))
+    wall = time.monotonic() - started
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    return {
+        "system": system.name,
+        "nodes": system.nodes,
+        "elections": len(groups) * GROUP,
+        "renewals_per_s": len(latencies) * GROUP / wall,
+        "cluster_cpu_percent": cpu / wall * 100,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "refused_messages": refused,
+    }
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -579,20 +654,42 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def capacity_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'held elections':>14} {'system':<14} {'nodes':>5} {'renewals/s':>10} "
+        f"{'cluster CPU':>11} {'p50 ms':>7} {'p99 ms':>7}"
+    ]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        lines.append(
+            f"{r['elections']:>14,} {r['system']:<14} {r['nodes']:>5} "
+            f"{r['renewals_per_s']:>10,.0f} {r['cluster_cpu_percent']:>10.0f}% "
+            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
+        )
+    return "\n".join(lines) + (
+        "\nTTL 10 s, each election renewed every TTL/3, 16 to a message (etcd: a session lease "
+        "per 16); cluster CPU summed over the nodes, in % of one core."
+    )
+
+
 async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     etcd = shutil.which("etcd")
     if etcd is None:
         progress(INSTALL)
     stubs = etcd_stubs(root / "stubs") if etcd else None
     node_counts = [3] if args.quick else [1, 3]
-    rows = []
+    rows, held_rows = [], []
     for nodes in node_counts:
         systems: list[System] = [Ours(root / f"ours{nodes}", nodes)]
         if etcd:
             systems.append(Etcd(root / f"etcd{nodes}", nodes, etcd, stubs))
         for system in systems:
             try:
-                rows += await run_system(system, args.concurrency, args.duration, args.runs)
+                more, held = await run_system(
+                    system, args.concurrency, args.duration, args.runs, args.held
+                )
+                rows += more
+                held_rows += held
             finally:
                 system.close()
     return {
@@ -609,6 +706,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "nodes": node_counts,
         },  # fmt: skip
         "rows": rows,
+        "capacity": held_rows,
     }
 
 
@@ -618,10 +716,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--runs", type=int, help="runs per row (median; default 3, 1 quick)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 2, 1.5 quick)")
+    parser.add_argument(
+        "--held",
+        type=int,
+        action="append",
+        help="elections held in the capacity run (repeatable; default 10,000, 2,000 quick)",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.duration = args.duration or (1.5 if args.quick else 2.0)
     args.concurrency = [16, 256] if args.quick else [1, 16, 64, 256]
+    args.held = args.held or ([2_000] if args.quick else [10_000])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop children on SIGTERM too
     # Plain asyncio for the load generator (importing trio_election installs
     # trio-asyncio's loop policy, which the servers use, not this client).
@@ -629,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trio-election-vs-etcd-") as tmp:
         result = asyncio.run(main_async(args, Path(tmp)))
     print(table(result["rows"]))
+    print()
+    print(capacity_table(result["capacity"]))
     print(
         f"\n{result['machine']['cpus']} CPUs shared by the servers and this one load generator "
         f"(Python {result['machine']['python']}); etcd: {result['etcd'] or 'not measured'}. "

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_very_short_comparison_reports_every_row(tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
     command = [sys.executable, str(ROOT / "tools" / "etcd_compare.py"), "--quick"]
-    command += ["--duration", "0.3", "--json", str(out)]
+    command += ["--duration", "0.3", "--held", "320", "--json", str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -31,3 +31,7 @@ def test_a_very_short_comparison_reports_every_row(tmp_path: Path) -> None:
         assert row["server_cpu_us_per_op"] > 0, row
         assert row["p50_ms"] <= row["p99_ms"], row
     assert "ops ours/etcd" in run.stdout
+    assert {r["system"] for r in result["capacity"]} == systems
+    for row in result["capacity"]:
+        assert row["elections"] == 320 and row["renewals_per_s"] > 0, row
+        assert row["refused_messages"] == 0, row
