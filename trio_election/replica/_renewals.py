@@ -14,7 +14,8 @@ How one renewal is answered (``Replica.renew``):
 1. It arrives at the leader at time ``a`` (the leader's monotonic clock).
 2. It waits for the next quorum round: a ReadIndex request started after
    ``a`` (all renewals that arrived since the last round share one; its
-   heartbeats carry the round's context).
+   heartbeats carry the round's context). One round is out at a time: the
+   next starts once the last is confirmed.
 3. A quorum of the leader's term acknowledges the round; the leader then
    waits until it has applied its commit index as of the round.
 4. It checks the lease in its applied state: held by the caller under that
@@ -107,6 +108,13 @@ class Renewals:
     @property
     def waiting(self) -> bool:
         return bool(self._waiting)
+
+    @property
+    def round_open(self) -> bool:
+        """A round is out and not confirmed yet: what arrives waits for the
+        next, which starts when this one is confirmed (so under load one
+        round confirms many renewals, at the cost of at most one round trip)."""
+        return any(r.index is None for r in self._rounds.values())
 
     def start_round(self, tick: int) -> bytes:
         """The context of a new round, for everything waiting."""

@@ -457,11 +457,15 @@ class Replica:
     # -- the Ready cycle ------------------------------------------------------
 
     def has_ready(self) -> bool:
-        return self.raw.has_ready() or (self._renewals.waiting and self.role is Role.LEADER)
+        return self.raw.has_ready() or self._round_due()
+
+    def _round_due(self) -> bool:
+        r = self._renewals
+        return r.waiting and not r.round_open and self.role is Role.LEADER
 
     def ready(self, now: float) -> Work:
         """The next piece of work; carry it out, then :meth:`advance`."""
-        if self._renewals.waiting and self.role is Role.LEADER:
+        if self._round_due():
             # One quorum round for every renewal that arrived since the last
             # (one that fails to start is started again by tick()).
             with contextlib.suppress(ProposalDropped):
