@@ -19,6 +19,12 @@ plus simulated clients:
   gives up after a timeout). Requests and replies are delayed, reordered,
   lost and (requests) duplicated; the Raft network, which carries the
   forwards, has its own faults (see :class:`~trio_election.testing.SimOptions`);
+* a renewal that reaches a node the replica takes for the Raft leader is
+  answered off the log (``Replica.renew``: after a quorum round), as
+  ``ClusterNode.renew`` does; elsewhere it is proposed. A client's renewals
+  stay on one node until one fails (as the client library's KeepAlive stream
+  does), and that node is often one that believes it leads, a deposed
+  leader included;
 * each client keeps its own view of leadership (docs/design.md promise 4)
   with the client library's own :class:`~trio_election.client._belief.Belief`:
   it believes it holds its election from a successful grant until
@@ -33,8 +39,9 @@ Checked after every step (``InvariantViolation``, message with the seed):
   every node (applied outcomes) and as clients receive them;
 * replicas agree: equal ``dump_machine`` bytes at equal applied index;
 * no early expiry: the leader proposes an Expire only when its ``now`` is at
-  least ``ttl`` after both the lease's last grant/renewal it applied and the
-  moment it became leader; and no node applies a grant replacing an expired
+  least ``ttl`` after both the lease's last grant/renewal it applied or
+  answered (off the log: from the renewal's arrival) and the moment it became
+  leader; and no node applies a grant replacing an expired
   lease before ``ttl`` after the send time of that lease's last successful
   heartbeat (or grant);
 * acknowledged grants are not forgotten: every node that applied the grant's
