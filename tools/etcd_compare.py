@@ -63,6 +63,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from grpclib import GRPCError, Status  # noqa: E402
 from grpclib.client import Channel  # noqa: E402
 
 from trio_election._generated.v1 import election_grpc, election_pb2 as pb  # noqa: E402
@@ -143,6 +144,19 @@ class Processes:
                 proc.wait(5)
             log.close()
         self.procs = []
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], attempts: int = 20) -> Any:
+    """``call()``, again after a pause while the cluster answers UNAVAILABLE
+    (it may be electing a Raft leader while it is being filled)."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except GRPCError as exc:
+            if exc.status is not Status.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.25)
+    raise AssertionError("unreachable")
 
 
 async def gather_bounded(jobs: list[Awaitable[Any]], limit: int = 64) -> list[Any]:
@@ -228,15 +242,19 @@ class Ours(System):
         async def take(k: int) -> tuple[str, int]:
             stub = self.stubs[k % self.nodes]
             election = f"{prefix}{k}"
-            reply = await stub.TryBecomeLeader(
-                pb.TryBecomeLeaderRequest(
-                    election=election, node_id="holder", ttl_ms=HOLD_TTL_S * 1000
+            reply = await retrying(
+                lambda: stub.TryBecomeLeader(
+                    pb.TryBecomeLeaderRequest(
+                        election=election, node_id="holder", ttl_ms=HOLD_TTL_S * 1000
+                    )
                 )
             )
             token = reply.leader.fencing_token
             # The first renewal of a grant is logged: here, not in the measurement.
-            await stub.Heartbeat(
-                pb.HeartbeatRequest(election=election, node_id="holder", fencing_token=token)
+            await retrying(
+                lambda: stub.Heartbeat(
+                    pb.HeartbeatRequest(election=election, node_id="holder", fencing_token=token)
+                )
             )
             return election, token
 
