@@ -872,3 +872,16 @@ def test_a_lease_whose_expiry_was_proposed_refuses_renewals_until_that_is_settle
     m.due(5.0)
     m.refresh_all(5.0)
     assert m.renew_confirmed(Renew(E, "n1", token), arrived=5.1).success
+
+
+def test_a_stale_expire_applied_late_does_not_reopen_renewals_while_a_newer_one_is_pending():
+    m = ElectionMachine()
+    token = m.apply(acquire("n1", 1000), now=0.0).holder.fencing_token
+    m.apply(Renew(E, "n1", token), now=0.0)
+    (first,) = m.due(1.0)  # Expire naming renewal count 1, not committed yet
+    m.apply(Renew(E, "n1", token), now=1.0)  # a logged renewal lands first: count 2
+    (second,) = m.due(2.5)  # the deadline passed again: Expire naming count 2
+    assert not m.apply(first, now=2.6).success  # the stale one commits at last
+    # The newer Expire is still pending: an off-log renewal it would outlive is refused.
+    assert not m.renew_confirmed(Renew(E, "n1", token), arrived=2.6).success
+    assert m.apply(second, now=2.7).success

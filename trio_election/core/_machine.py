@@ -19,7 +19,8 @@ splits in two:
   a grant or renewal, and by a Raft leader's renewal off the log
   (``renew_confirmed``). Deadlines only ever move later. Also local: whether
   this node proposed the lease's expiry (``expiring``); it then refuses
-  renewals off the log until that Expire is applied or found stale.
+  renewals off the log until the renewal count changes (which makes every
+  Expire proposed so far stale) or a new term's refresh.
 
 Nothing in ``apply`` depends on local state (the start-up grace excepted, which
 only a single in-memory node uses), so replicas stay identical. Expiry is
@@ -206,8 +207,9 @@ class ElectionMachine:
             return Outcome(False, None if lease is None else self._view(cmd.election, lease))
         if lease.renewals != cmd.renewals:
             # A renewal won the race: track the lease by its new deadline
-            # again (this makes the proposer's retry entry stale).
-            lease.expiring = False
+            # again (this makes the proposer's retry entry stale). The
+            # renewal that changed the count already cleared ``expiring``; a
+            # newer Expire proposed since may have set it again, and stands.
             self._schedule(cmd.election, lease, lease.deadline)
             return Outcome(False, self._view(cmd.election, lease))
         return self._end(cmd.election, lease, EventKind.EXPIRED, now, index)

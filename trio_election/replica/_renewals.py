@@ -38,9 +38,10 @@ only move later, and an expiry is proposed only once the deadline has
 passed (``due``). A renewal racing an expiry this node proposed is refused
 (step 4), so no acknowledged renewal is followed by an expiry it should
 have prevented: the Expire names the lease's renewal count, and the
-``expiring`` flag is cleared only when that Expire is found stale (a logged
-renewal or refresh changed the count) or a new term's refresh replaced
-every deadline.
+``expiring`` flag is cleared only when the count changes (a logged renewal
+or refresh, which makes every Expire proposed so far stale) or a new term's
+refresh replaced every deadline; not when a stale Expire is applied, since a
+newer one may be pending behind it.
 
 Promise 3 across a leader change (why a deposed leader's acknowledgement
 never outlives the new leader's refreshed deadline): let leader L1 of term
