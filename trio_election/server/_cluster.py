@@ -58,7 +58,8 @@ from ._raft_store import RaftStore
 
 log = logging.getLogger("trio_election.cluster")
 
-#: Most renewals a follower forwards to the leader in one call.
+#: Most renewals a follower forwards to the leader in one call (and the
+#: leader takes in one).
 MAX_FORWARDED_RENEWALS = 10_000
 
 
@@ -66,6 +67,41 @@ def cluster_id_of(initial_cluster: dict[str, str]) -> str:
     """The id of a cluster bootstrapped with these members (the same on each)."""
     text = ",".join(f"{member}={address}" for member, address in sorted(initial_cluster.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def renew_result(outcome: Outcome, now: float) -> cluster_pb2.RenewResult:
+    """A forwarded renewal's outcome, as the Raft leader sends it back."""
+    holder = outcome.holder
+    if holder is None:
+        return cluster_pb2.RenewResult(success=outcome.success)
+    return cluster_pb2.RenewResult(
+        success=outcome.success,
+        held=True,
+        node_id=holder.node_id,
+        fencing_token=holder.fencing_token,
+        ttl_ms=holder.ttl_ms,
+        remaining_ms=holder.remaining_ms(now),
+        value=holder.value,
+        owner=holder.owner,
+    )
+
+
+def outcome_of(result: cluster_pb2.RenewResult, election: str, now: float) -> Outcome:
+    """The outcome a :func:`renew_result` describes, with the deadline on this
+    node's clock (``now``)."""
+    holder = None
+    if result.held:
+        deadline = now + result.remaining_ms / 1000
+        holder = Holder(
+            election,
+            result.node_id,
+            result.fencing_token,
+            result.ttl_ms,
+            result.value,
+            deadline,
+            result.owner,
+        )
+    return Outcome(result.success, holder)
 
 
 class _Replies:
@@ -322,7 +358,7 @@ class ClusterNode(HubClient):
                 logged.append(i)
         if keys:
             self._wake.set()
-        if len(self._to_forward):
+        if self._to_forward:
             self._forward_wake.set()
         try:
             if logged:
@@ -469,18 +505,7 @@ class ClusterNode(HubClient):
             if r.error:
                 replies.fail(Unavailable(r.error))
                 continue
-            holder = None
-            if r.held:
-                holder = Holder(
-                    command.election,
-                    r.node_id,
-                    r.fencing_token,
-                    r.ttl_ms,
-                    r.value,
-                    now + r.remaining_ms / 1000,
-                    r.owner,
-                )
-            replies.set(i, Outcome(r.success, holder))
+            replies.set(i, outcome_of(r, command.election, now))
         for _, replies, _ in batch[len(reply.results) :]:
             replies.fail(Unavailable(f"the Raft leader {leader} did not answer; retry"))
 

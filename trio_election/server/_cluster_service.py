@@ -20,15 +20,13 @@ from ..raft import (
     Status as RaftStatus,
     decode_message,
 )
-from ._cluster import ClusterNode
+from ._cluster import MAX_FORWARDED_RENEWALS, ClusterNode, renew_result
 from ._status import to_grpc_error
 
 log = logging.getLogger("trio_election.cluster")
 
 #: Largest Raft batch a node reads (snapshots travel in these).
 MAX_PEER_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Most renewals one forwarded batch may carry.
-MAX_FORWARDED_RENEWALS = 10_000
 
 
 class ClusterService(cluster_grpc.ClusterBase):
@@ -232,16 +230,4 @@ class RaftTransportService(cluster_grpc.RaftTransportBase):
     def _result(self, outcome: Any) -> pb.RenewResult:
         if isinstance(outcome, ElectionError):
             return pb.RenewResult(error=str(outcome))
-        holder = outcome.holder
-        if holder is None:
-            return pb.RenewResult(success=outcome.success)
-        return pb.RenewResult(
-            success=outcome.success,
-            held=True,
-            node_id=holder.node_id,
-            fencing_token=holder.fencing_token,
-            ttl_ms=holder.ttl_ms,
-            remaining_ms=holder.remaining_ms(self.node.clock()),
-            value=holder.value,
-            owner=holder.owner,
-        )
+        return renew_result(outcome, self.node.clock())

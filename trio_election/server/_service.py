@@ -27,7 +27,7 @@ from .._bridge import (
 )
 from .._errors import ElectionError, InvalidArgument, ResourceExhausted
 from .._generated.v1 import election_grpc, election_pb2 as pb
-from ..core import Acquire, Event, EventKind, Holder, Release, Renew
+from ..core import Acquire, Event, EventKind, Holder, Outcome, Release, Renew
 from ._auth import Guard
 from ._hub import CLOSING, OVERFLOW
 from ._status import to_grpc_error
@@ -141,8 +141,11 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
             return await self._renew_batch(stream, request)
         election, node_id, owner = self._names(stream, request)
         outcome = await self.node.renew(Renew(election, node_id, self._token(request), owner))
+        return self._heartbeat_reply(request.election, outcome)
+
+    def _heartbeat_reply(self, election: str, outcome: Outcome) -> pb.HeartbeatResponse:
         return pb.HeartbeatResponse(
-            success=outcome.success, leader=self._leader(outcome.holder), election=request.election
+            success=outcome.success, leader=self._leader(outcome.holder), election=election
         )
 
     async def _renew_batch(self, stream: Any, request: Any) -> pb.HeartbeatResponse:
@@ -164,10 +167,8 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         outcomes = await self.node.renew_many(commands)
         return pb.HeartbeatResponse(
             heartbeats=[
-                pb.HeartbeatResponse(
-                    success=o.success, leader=self._leader(o.holder), election=one.election
-                )
-                for one, o in zip(request.heartbeats, outcomes, strict=True)
+                self._heartbeat_reply(one.election, outcome)
+                for one, outcome in zip(request.heartbeats, outcomes, strict=True)
             ]
         )
 
