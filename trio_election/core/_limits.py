@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .._errors import InvalidArgument, PermissionDenied
@@ -15,6 +16,8 @@ MAX_MAX_TTL_MS = 24 * 3600 * 1000
 #: Commands a client may cause; the others (Expire, Promote) only the node
 #: that drives expiry (the single node, or the Raft leader) originates.
 CLIENT_COMMANDS = (Acquire, Renew, Release, CancelWait)
+# C0 and C1 control characters and DEL, refused in names.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +40,11 @@ class Limits:
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > MAX_NAME_BYTES:
             raise InvalidArgument(field, f"is {size} bytes, the limit is {MAX_NAME_BYTES}")
-        for position, char in enumerate(value):
-            code = ord(char)
-            if code < 0x20 or 0x7F <= code < 0xA0:
-                raise InvalidArgument(
-                    field, f"has a control character (U+{code:04X}) at position {position}"
-                )
+        if (control := _CONTROL.search(value)) is not None:
+            code, position = ord(control.group()), control.start()
+            raise InvalidArgument(
+                field, f"has a control character (U+{code:04X}) at position {position}"
+            )
         return value
 
     def ttl(self, field: str, ttl_ms: int) -> int:
