@@ -16,13 +16,9 @@ demo:
 simulate *ARGS:
     {{python}} tools/simulate.py {{ARGS}}
 
-# Measure speed and memory against a node in its own process.
+# trio-election beside etcd (if installed), one node and three: just bench [--quick] [--json F] [--charts DIR]
 bench *ARGS:
-    {{python}} tools/bench.py {{ARGS}}
-
-# trio-election beside etcd (if installed), one run, one load generator: just bench-etcd --quick
-bench-etcd *ARGS:
-    {{python}} tools/etcd_compare.py {{ARGS}}
+    {{python}} -m tools.bench {{ARGS}}
 
 # Attack one node with HTTP/2 abuse (rapid reset, floods, idle streams) and measure it.
 abuse *ARGS:

@@ -1,0 +1,20 @@
+"""One node of each system: every workload, memory per election, hand-over.
+
+Our node writes through to its data dir (``--data-dir``), as etcd's does, so a
+grant is on disk before its reply in both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.bench import load
+from tools.bench.systems import System
+
+
+async def measure(system: System, config: load.Config) -> dict[str, Any]:
+    return {
+        "rows": await load.workloads(system, config),
+        "memory": [await load.memory(system, config.memory_elections)],
+        "handover": [await load.handover(system, config.handover_rounds)],
+    }
