@@ -10,7 +10,15 @@ SQLite transaction (group commit).
 Ordering duty: a grant is reported (reply, campaign wake-up, watch event) only
 after the batch that contains it is on disk, so a restarted node never forgets
 a holder it told anyone about, nor repeats a fencing token. Renewals are not
-written: a recovered lease gets its full TTL anyway.
+written: a recovered lease gets its full TTL anyway; but a renewal, refresh or
+read of an election whose change is not on disk yet waits for it too.
+
+When the disk refuses a batch (full, or an I/O error) the node keeps the batch
+and retries it, and until a write succeeds it acknowledges nothing that needs
+the disk: the callers waiting for the batch get UNAVAILABLE naming the data
+dir, new grants and releases are refused with the same sentence, and health
+says NOT_SERVING. Renewals of what is on disk go on, so holders keep their
+leases through a full disk. Nothing it could not persist is ever acknowledged.
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ import trio
 
 from .._bridge import Waiter
 from .._errors import Unavailable
-from ..core import Acquire, Command, ElectionMachine, Holder, Limits, Outcome, Renew
+from ..core import Acquire, Command, ElectionMachine, Holder, Limits, Outcome, Release, Renew
 from ._config import NodeConfig
 from ._hub import Hub, HubClient
-from ._store import LeaseStore
+from ._store import LeaseStore, StorageFailure
 
 log = logging.getLogger("trio_election.node")
+# Pauses between tries of a batch the disk refused.
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
 
 
 class Node(HubClient):
@@ -50,8 +61,12 @@ class Node(HubClient):
         self.closing = False
         self._store: LeaseStore | None = None
         self._dirty: dict[str, None] = {}
+        self._flushing: dict[str, None] = {}  # the batch being written
         self._after_flush: list[Callable[[], None]] = []
+        self._sync_waiters: list[Waiter] = []
         self._flush_wanted = trio.Event()
+        #: Why the last write failed, until one succeeds (None: the disk is fine).
+        self.storage_failure: str | None = None
         self.hub = Hub()
         self._expiry_scope: trio.CancelScope | None = None
 
@@ -96,7 +111,7 @@ class Node(HubClient):
             if self._store is not None:
                 with trio.CancelScope(shield=True):
                     if self._dirty:
-                        await self._flush()
+                        await self._flush()  # what it cannot write was never acknowledged
                     self._store.close()
 
     def begin_close(self) -> None:
@@ -110,7 +125,7 @@ class Node(HubClient):
         self.report_serving(False)
         while self.machine.in_grace(self.clock()):
             await trio.sleep_until(self.machine.grace_until)
-        if not self.closing:
+        if not self.closing and self.storage_failure is None:
             self.report_serving(True)
 
     # -- commands -----------------------------------------------------------
@@ -123,6 +138,8 @@ class Node(HubClient):
         """
         if self.closing:
             raise Unavailable("the node is shutting down")
+        if self.storage_failure is not None and isinstance(command, (Acquire, Release)):
+            raise Unavailable(self._refusing())
         outcome = self.machine.apply(command, self.clock())
         if outcome.persist:
             self._dirty[command.election] = None
@@ -135,8 +152,9 @@ class Node(HubClient):
 
     async def execute(self, command: Command) -> Outcome:
         """Apply ``command``; return once its effects are durable."""
+        unsynced = command.election in self._dirty or command.election in self._flushing
         outcome = self.apply(command)
-        if outcome.persist:
+        if outcome.persist or unsynced:
             await self.synced()
         return outcome
 
@@ -150,21 +168,26 @@ class Node(HubClient):
 
     def submit(self, command: Command) -> None:
         """Apply ``command`` without waiting for anything (clean-up paths)."""
-        if not self.closing:
-            self.apply(command)
+        if not self.closing and not (self.storage_failure and isinstance(command, Release)):
+            self.apply(command)  # a Release the disk refuses: the lease expires instead
 
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, as far as the disk knows it."""
-        if self._dirty or self._after_flush:
+        if election in self._dirty or election in self._flushing:
             await self.synced()  # never report a grant a crash could forget
         return self.machine.holder(election)
 
     async def synced(self) -> None:
-        """Return once everything applied so far is on disk."""
+        """Return once everything applied so far is on disk.
+
+        Raises:
+            Unavailable: the batch could not be written (it is retried).
+        """
         if self._store is None:
             return
         waiter = Waiter()
-        self._after(waiter.set)
+        self._sync_waiters.append(waiter)
+        self._flush_wanted.set()
         await waiter.wait()
 
     # -- internals ----------------------------------------------------------
@@ -191,18 +214,48 @@ class Node(HubClient):
                     self.apply(command)
 
     async def _flush_loop(self) -> None:
+        pause = RETRY_MIN_S
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
-            await self._flush()
+            if await self._flush():
+                pause = RETRY_MIN_S
+            else:
+                # Try the same batch again after a pause (or at once with more to write).
+                with trio.move_on_after(pause):
+                    await self._flush_wanted.wait()
+                self._flush_wanted.set()
+                pause = min(pause * 2, RETRY_MAX_S)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write what changed; False if the disk refused it (then it is kept for the next try)."""
         assert self._store is not None
-        dirty, self._dirty = self._dirty, {}
+        self._flushing, self._dirty = {**self._flushing, **self._dirty}, {}
         after, self._after_flush = self._after_flush, []
-        changes = [(election, self.machine.holder(election)) for election in dirty]
-        # A failed write leaves grants in memory that the disk does not know:
-        # the exception ends the node (fail-stop) rather than serve on.
-        await trio.to_thread.run_sync(self._store.write, self.machine.last_token, changes)
+        waiters, self._sync_waiters = self._sync_waiters, []
+        changes = [(election, self.machine.holder(election)) for election in self._flushing]
+        try:
+            await trio.to_thread.run_sync(self._store.write, self.machine.last_token, changes)
+        except StorageFailure as exc:
+            self._after_flush = after + self._after_flush
+            for waiter in waiters:
+                waiter.fail(Unavailable(self._refusing(str(exc))))
+            if self.storage_failure is None:
+                log.error("%s; refusing grants and releases until a write succeeds", exc)
+                self.report_serving(False)
+            self.storage_failure = str(exc)
+            return False
+        self._flushing = {}
+        if self.storage_failure is not None:
+            log.warning("the data dir is writable again: serving grants and releases")
+            self.storage_failure = None
+            if not self.closing and not self.machine.in_grace(self.clock()):
+                self.report_serving(True)
         for callback in after:
             callback()
+        for waiter in waiters:
+            waiter.set()
+        return True
+
+    def _refusing(self, failure: str | None = None) -> str:
+        return f"{failure or self.storage_failure}; this node refuses writes until it can write"
