@@ -55,12 +55,14 @@ Op = Callable[[int], Awaitable[Any]]
 
 async def retrying(call: Callable[[], Awaitable[Any]], attempts: int = 40) -> Any:
     """``call()``, again after a pause while the cluster answers UNAVAILABLE
-    (it may be electing a Raft leader while it is being filled)."""
+    (it may be electing a Raft leader while it is being filled), or
+    RESOURCE_EXHAUSTED (a connection still counts calls just ended)."""
     for attempt in range(attempts):
         try:
             return await call()
         except GRPCError as exc:
-            if exc.status is not Status.UNAVAILABLE or attempt == attempts - 1:
+            busy = exc.status in (Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED)
+            if not busy or attempt == attempts - 1:
                 raise
         except TimeoutError:
             if attempt == attempts - 1:
@@ -278,7 +280,7 @@ class Ours(System):
             election = f"{prefix}{k}"
             return election, await self._take(k % len(self.stubs), election, "holder", HOLD_TTL_S)
 
-        return await gather_bounded([take(k) for k in range(count)])
+        return await gather_bounded([take(k) for k in range(count)], limit=32 * len(self.stubs))
 
     async def hold_groups(self, groups: int, size: int, prefix: str) -> list[Any]:
         held = await self.hold(groups * size, prefix=prefix)
