@@ -23,6 +23,7 @@ leases through a full disk. Nothing it could not persist is ever acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -110,7 +111,7 @@ class Node(HubClient):
         finally:
             if self._store is not None:
                 with trio.CancelScope(shield=True):
-                    if self._dirty:
+                    if self._dirty or self._flushing:
                         await self._flush()  # what it cannot write was never acknowledged
                     self._store.close()
 
@@ -168,8 +169,10 @@ class Node(HubClient):
 
     def submit(self, command: Command) -> None:
         """Apply ``command`` without waiting for anything (clean-up paths)."""
-        if not self.closing and not (self.storage_failure and isinstance(command, Release)):
-            self.apply(command)  # a Release the disk refuses: the lease expires instead
+        if not self.closing:
+            # A Release the disk refuses (see apply): the lease expires instead.
+            with contextlib.suppress(Unavailable):
+                self.apply(command)
 
     async def read(self, election: str) -> Holder | None:
         """The holder of ``election``, as far as the disk knows it."""
@@ -238,12 +241,12 @@ class Node(HubClient):
             await trio.to_thread.run_sync(self._store.write, self.machine.last_token, changes)
         except StorageFailure as exc:
             self._after_flush = after + self._after_flush
-            for waiter in waiters:
-                waiter.fail(Unavailable(self._refusing(str(exc))))
             if self.storage_failure is None:
                 log.error("%s; refusing grants and releases until a write succeeds", exc)
                 self.report_serving(False)
             self.storage_failure = str(exc)
+            for waiter in waiters:
+                waiter.fail(Unavailable(self._refusing()))
             return False
         self._flushing = {}
         if self.storage_failure is not None:
@@ -257,5 +260,5 @@ class Node(HubClient):
             waiter.set()
         return True
 
-    def _refusing(self, failure: str | None = None) -> str:
-        return f"{failure or self.storage_failure}; this node refuses writes until it can write"
+    def _refusing(self) -> str:
+        return f"{self.storage_failure}; this node refuses writes until it can write"
