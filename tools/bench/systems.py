@@ -474,15 +474,14 @@ class Etcd(System):
         assert reply.succeeded
 
     async def hold(self, count: int, prefix: str) -> list[Any]:
-        async def take(k: int) -> int:
+        async def take(k: int) -> tuple[bytes, int]:
             i = k % len(self.kv)
+            key = f"{prefix}{k}".encode()
             lease_id = await self._lease(i, HOLD_TTL_S)
-            await self._acquire(i, f"{prefix}{k}".encode(), lease_id)
-            return lease_id
+            await self._acquire(i, key, lease_id)
+            return key, lease_id
 
-        leases = await gather_bounded([take(k) for k in range(count)])
-        self.held_prefix = prefix
-        return leases
+        return await gather_bounded([take(k) for k in range(count)])
 
     async def hold_groups(self, groups: int, size: int, prefix: str) -> list[Any]:
         """One session lease per group, as etcd's concurrency.Session shares it."""
@@ -507,10 +506,9 @@ class Etcd(System):
 
     def read(self, task: int, held: list[Any]) -> Op:
         kv = self.kv[task % len(self.kv)]
-        prefix = self.held_prefix
 
         async def op(n: int) -> None:
-            key = f"{prefix}{(task + n) % len(held)}".encode()
+            key, _ = held[(task + n) % len(held)]
             reply = await kv.Range(self.rpc.RangeRequest(key=key))
             assert reply.kvs
 
@@ -520,7 +518,8 @@ class Etcd(System):
         return self.lease[task % len(self.lease)].LeaseKeepAlive.open()
 
     def renewal(self, item: Any) -> Any:
-        return self.rpc.LeaseKeepAliveRequest(ID=item)
+        # A held election (key, lease), or a group's session lease.
+        return self.rpc.LeaseKeepAliveRequest(ID=item[1] if isinstance(item, tuple) else item)
 
     @staticmethod
     def renewed(reply: Any) -> bool:
