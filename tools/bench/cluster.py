@@ -1,5 +1,6 @@
-"""Three nodes of each system: every workload (with the bytes sent between the
-nodes), memory, hand-over, failover of the Raft leader, and the capacity runs.
+"""Three nodes of each system: memory (first, on the fresh nodes), every
+workload (with the bytes sent between the nodes), hand-over, failover of the
+Raft leader, and the capacity runs.
 
 Load goes to every node (task ``t`` talks to node ``t % 3``), as clients of a
 cluster spread over its endpoints; followers forward to the Raft leader.
@@ -16,8 +17,8 @@ from tools.bench.systems import System
 
 async def measure(system: System, config: load.Config) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "rows": await load.workloads(system, config),
         "memory": [await load.memory(system, config.memory_elections)],
+        "rows": await load.workloads(system, config),
         "handover": [await load.handover(system, config.handover_rounds)],
         "failover": [await load.failover(system, config.failover_rounds)],
         "capacity": [],
