@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from trio_election._bridge import asyncio_loop
-
-from ._harness import Cluster
+from trio_election.testing.processes import Cluster
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -34,8 +34,7 @@ from trio_election.raft import (
 )
 from trio_election.server._raft_store import RaftStore
 from trio_election.testing import make_certs, write_secret
-
-from ._harness import Cluster, NodeProcess, run_cli
+from trio_election.testing.processes import Cluster, NodeProcess, run_cli
 
 ADD = ConfChangeType.ADD_NODE
 

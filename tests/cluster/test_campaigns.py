@@ -18,8 +18,7 @@ import pytest
 import trio
 
 from trio_election import open_client
-
-from ._harness import Cluster
+from trio_election.testing.processes import Cluster
 
 pytestmark = pytest.mark.cluster
 

@@ -27,8 +27,7 @@ from trio_election._bridge import GRPCError, Status
 from trio_election._errors import DeadlineExceeded, Unavailable
 from trio_election._generated.v1 import election_pb2 as pb
 from trio_election.client import Client, Leadership
-
-from ._harness import Cluster, run_cli
+from trio_election.testing.processes import Cluster, run_cli
 
 pytestmark = pytest.mark.cluster
 

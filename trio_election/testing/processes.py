@@ -1,4 +1,4 @@
-"""Real node processes on loopback, for the cluster tests.
+"""Real node processes on loopback, for cluster tests and the fault-injection harness.
 
 A :class:`Cluster` starts ``python -m trio_election node`` processes, each with
 its own data dir and log file under the test's tmp_path, and talks to them
@@ -32,6 +32,7 @@ a port only with SO_REUSEPORT) the reservation falls back to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -69,6 +70,15 @@ RESERVATION_WORKS = sys.platform.startswith("linux")
 SERVING = re.compile(r"serving clients on [^\s,]+:(\d+), peers on (\S+):(\d+) ")
 
 
+def die_with_parent() -> None:
+    """A ``preexec_fn``: the child gets SIGKILL when its parent exits (Linux),
+    so nothing outlives a crash or a Ctrl-C of the process that started it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A port that was free a moment ago, and may not be by the time it is used.
 
@@ -90,6 +100,10 @@ class NodeProcess:
     peer_address: str
     data_dir: Path
     log_path: Path
+    #: Where the other members reach it, if not at ``peer_address`` (e.g. a proxy).
+    advertise: str | None = None
+    #: Its client address for every start, if not port 0 (learnt) each time.
+    fixed_address: str | None = None
     process: trio.Process | None = None
     exit_codes: list[int] = field(default_factory=list)
 
@@ -111,6 +125,10 @@ class Cluster:
         self.nodes: dict[str, NodeProcess] = {}
         #: Flags every node gets (e.g. a small --snapshot-entries).
         self.flags: tuple[str, ...] = ()
+        #: How a node is started: the command before ``node --id ...``.
+        self.command: list[str] = [sys.executable, "-m", "trio_election"]
+        #: Environment variables every node gets on top of this process's.
+        self.env: dict[str, str] = {}
         #: The cluster key every member presents (peer authentication).
         self.key_file = write_secret(root / "cluster.key")
         #: Set by use_mutual_tls: each member's certificate instead of the key.
@@ -159,25 +177,35 @@ class Cluster:
     def endpoints(self, ids: Iterable[str] | None = None) -> list[str]:
         return [self.nodes[i].address for i in (self.nodes if ids is None else ids)]
 
-    def add(self, node_id: str) -> NodeProcess:
+    def add(
+        self, node_id: str, *, advertise: str | None = None, fixed_address: bool = False
+    ) -> NodeProcess:
         """A new member with a reserved peer address; its client address (port 0
-        until then) is learnt when it is spawned."""
+        until then) is learnt when it is spawned, unless ``fixed_address``
+        reserves one for all its starts. Peers reach it at ``advertise``
+        (default: its peer address)."""
         node = NodeProcess(
             node_id,
             "127.0.0.1:0",
             self.reserve_address(),
             self.root / node_id,
             self.root / f"{node_id}.log",
+            advertise=advertise,
+            fixed_address=self.reserve_address() if fixed_address else None,
         )
         self.nodes[node_id] = node
         return node
 
     async def start(self, count: int = 3) -> tuple[str, int]:
-        """Bootstrap ``count`` members n1..nN; return the agreed (leader, term)."""
+        """Bootstrap ``count`` members n1..nN (those not yet :meth:`add`-ed are
+        added); return the agreed (leader, term)."""
         ids = [f"n{i}" for i in range(1, count + 1)]
         for node_id in ids:
-            self.add(node_id)
-        initial = ",".join(f"{i}={self.nodes[i].peer_address}" for i in ids)
+            if node_id not in self.nodes:
+                self.add(node_id)
+        initial = ",".join(
+            f"{i}={self.nodes[i].advertise or self.nodes[i].peer_address}" for i in ids
+        )
         # All start at once (none can elect a leader alone), then each says it serves.
         offsets = {i: await self._launch(i, "--initial-cluster", initial) for i in ids}
         for node_id, offset in offsets.items():
@@ -200,10 +228,13 @@ class Cluster:
         """Start the process (see :meth:`spawn`); return where its output begins in its log."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is running already"
-        command = [sys.executable, "-m", "trio_election", "node", "--id", node_id]
-        command += ["--listen", "127.0.0.1:0", "--data-dir", str(node.data_dir)]
+        command = [*self.command, "node", "--id", node_id]
+        command += ["--listen", node.fixed_address or "127.0.0.1:0"]
+        command += ["--data-dir", str(node.data_dir)]
         if peer_listen:
             command += ["--peer-listen", node.peer_address]
+            if node.advertise is not None:
+                command += ["--advertise", node.advertise]
         command += self.peer_flags(node_id)
         command += ["--tick", str(self.tick), *self.flags, *extra]
         with open(node.log_path, "ab") as log:
@@ -215,7 +246,8 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         return offset
 
