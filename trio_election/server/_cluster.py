@@ -36,7 +36,7 @@ import trio
 from .._bridge import GRPCError, Waiter
 from .._errors import StartupError, Unavailable
 from .._generated.v1 import cluster_pb2
-from ..client._transport import parse_endpoint
+from ..client._transport import CONNECTION_ERRORS, parse_endpoint
 from ..core import Command, ElectionMachine, Holder, Limits, Outcome, Renew
 from ..core._codec import encode_command
 from ..raft import (
@@ -495,7 +495,9 @@ class ClusterNode(HubClient):
             reply = await channel.unary(
                 channel.stub.Renew, request, timeout=self.config.request_timeout_s
             )
-        except (GRPCError, OSError, TimeoutError, trio.TooSlowError) as exc:
+        except (GRPCError, TimeoutError, trio.TooSlowError, *CONNECTION_ERRORS) as exc:
+            # The leader went away mid-call (killed, partitioned): the renewals
+            # fail and their clients retry; this node goes on serving.
             why = getattr(exc, "message", None) or repr(exc)
             for _, replies, _ in batch:
                 replies.fail(Unavailable(f"the Raft leader {leader} did not renew: {why}; retry"))
