@@ -7,6 +7,7 @@ nothing outlives a Ctrl-C or a crash of the bench.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO
-
-from trio_election.testing.processes import die_with_parent
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +50,14 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _die_with_parent() -> None:
+    """A preexec_fn: the child gets SIGKILL when the bench exits (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Child:
     """One started process and its log."""
 
@@ -63,7 +70,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=_die_with_parent,
         )
         self.pid = self.proc.pid
 

@@ -32,7 +32,6 @@ a port only with SO_REUSEPORT) the reservation falls back to
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -68,15 +67,6 @@ RESERVATION_WORKS = sys.platform.startswith("linux")
 
 #: A node's start-up line: its client port, and its peer address.
 SERVING = re.compile(r"serving clients on [^\s,]+:(\d+), peers on (\S+):(\d+) ")
-
-
-def die_with_parent() -> None:
-    """A ``preexec_fn``: the child gets SIGKILL when its parent exits (Linux),
-    so nothing outlives a crash or a Ctrl-C of the process that started it."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -246,7 +236,6 @@ class Cluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
-                preexec_fn=die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         return offset
