@@ -129,6 +129,11 @@ class ElectionMachine:
         """Every current holder, in no particular order."""
         return (self._view(e, lease) for e, lease in self._leases.items())
 
+    def elections(self) -> Iterable[str]:
+        """The names of the elections held, in no particular order (no copy: do
+        not apply commands while iterating)."""
+        return self._leases.keys()
+
     def waiting(self, election: str) -> int:
         """How many Campaign calls wait for ``election``."""
         return len(self._queues.get(election, ()))

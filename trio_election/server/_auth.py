@@ -7,7 +7,8 @@ Theory of operation
 every call. The prefix (``*`` or none: every election) bounds the elections the
 token reaches; the role says what it may do there:
 
-* ``read``: IsLeader, GetCurrentLeader, Watch, Cluster.Status and MemberList;
+* ``read``: IsLeader, GetCurrentLeader, Watch, Cluster.Status, MemberList and
+  ListElections (which lists only the elections under the prefix);
 * ``write`` (the default): that, and TryBecomeLeader, Heartbeat, KeepAlive,
   ReleaseLeadership, Campaign;
 * ``admin``: that, and membership changes (Cluster.MemberAdd, MemberRemove).
@@ -226,3 +227,22 @@ class Guard:
                 Status.PERMISSION_DENIED, f"election: this token may only read {election!r}"
             )
         return grant.identity
+
+    def readable(self, stream: Any, prefix: str) -> str:
+        """The election prefix a listing for ``prefix`` may cover: narrowed to
+        the token's prefix (every role may read).
+
+        Raises:
+            GRPCError: PERMISSION_DENIED if no election under ``prefix`` is the token's.
+        """
+        if self.tokens is None:
+            return prefix
+        grant = self.tokens.grant(stream.metadata)
+        if prefix.startswith(grant.prefix):
+            return prefix
+        if grant.prefix.startswith(prefix):
+            return grant.prefix
+        raise GRPCError(
+            Status.PERMISSION_DENIED,
+            f"prefix: {prefix!r} is outside this token's prefix {grant.prefix!r}",
+        )

@@ -1,4 +1,4 @@
-"""The Cluster service (status, membership) and the RaftTransport between nodes."""
+"""The Cluster service (status, membership, elections) and the RaftTransport between nodes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from ..raft import (
     Status as RaftStatus,
     decode_message,
 )
+from ._auth import Guard
 from ._cluster import MAX_FORWARDED_RENEWALS, ClusterNode, renew_result
+from ._listing import serve_list
 from ._status import to_grpc_error
 
 log = logging.getLogger("trio_election.cluster")
@@ -30,10 +32,15 @@ MAX_PEER_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class ClusterService(cluster_grpc.ClusterBase):
-    """Status and membership, for operators and joining nodes."""
+    """Status, membership and the elections held, for operators and joining nodes.
 
-    def __init__(self, node: ClusterNode) -> None:
+    ``guard`` narrows ListElections to the caller's token on the client port
+    (None on the peer port, where only members call).
+    """
+
+    def __init__(self, node: ClusterNode, guard: Guard | None = None) -> None:
         self.node = node
+        self.guard = guard
 
     def _members(self, status: RaftStatus | None = None) -> list[pb.Member]:
         """The members; with the leader's ``status``, their match index, lag, health."""
@@ -117,6 +124,9 @@ class ClusterService(cluster_grpc.ClusterBase):
         except ElectionError as exc:
             raise to_grpc_error(exc) from None
         await self._send_members(stream)
+
+    async def ListElections(self, stream: Any) -> None:
+        await serve_list(stream, self.node, self.guard, cluster=True)
 
     async def _send_members(self, stream: Any) -> None:
         await stream.send_message(

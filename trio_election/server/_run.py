@@ -16,6 +16,7 @@ from ._cluster import ClusterNode
 from ._cluster_service import ClusterService, RaftTransportService
 from ._config import NodeConfig
 from ._datadir import DataDirError, DataDirLock, check_kind
+from ._listing import SingleNodeClusterService
 from ._node import Node
 from ._security import NO_PEER_AUTH, SecurityConfigError
 from ._service import LeaderElectionService
@@ -81,7 +82,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     if config.clustered:
         node = ClusterNode(config)
         transport = RaftTransportService(node)
-        client_services: list[Any] = [ClusterService(node)]
+        client_services: list[Any] = [ClusterService(node, guard)]
         peer_server = GrpcServer(
             [transport, ClusterService(node), Health()],
             ssl=config.peer_auth.server_ssl,
@@ -90,7 +91,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         )
     else:
         node = Node(config)
-        client_services = []
+        client_services = [SingleNodeClusterService(node, guard)]
     node.on_serving = serving.set
     service = LeaderElectionService(node, guard)
     health = Health({service: [serving]})

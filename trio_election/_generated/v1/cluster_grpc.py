@@ -31,6 +31,10 @@ class ClusterBase(abc.ABC):
     async def MemberList(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.MemberListRequest, trio_election._generated.v1.cluster_pb2.MemberListResponse]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def ListElections(self, stream: 'grpclib.server.Stream[trio_election._generated.v1.cluster_pb2.ListElectionsRequest, trio_election._generated.v1.cluster_pb2.ListElectionsResponse]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/trio_election.v1.Cluster/Status': grpclib.const.Handler(
@@ -56,6 +60,12 @@ class ClusterBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trio_election._generated.v1.cluster_pb2.MemberListRequest,
                 trio_election._generated.v1.cluster_pb2.MemberListResponse,
+            ),
+            '/trio_election.v1.Cluster/ListElections': grpclib.const.Handler(
+                self.ListElections,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trio_election._generated.v1.cluster_pb2.ListElectionsRequest,
+                trio_election._generated.v1.cluster_pb2.ListElectionsResponse,
             ),
         }
 
@@ -86,6 +96,12 @@ class ClusterStub:
             '/trio_election.v1.Cluster/MemberList',
             trio_election._generated.v1.cluster_pb2.MemberListRequest,
             trio_election._generated.v1.cluster_pb2.MemberListResponse,
+        )
+        self.ListElections = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trio_election.v1.Cluster/ListElections',
+            trio_election._generated.v1.cluster_pb2.ListElectionsRequest,
+            trio_election._generated.v1.cluster_pb2.ListElectionsResponse,
         )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrio_election/v1/cluster.proto\x12\x10trio_election.v1\"k\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"\x0f\n\rStatusRequest\"\x90\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x0c\n\x04role\x18\x06 \x01(\t\x12)\n\x07members\x18\x07 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x13\n\x0b\x66rom_leader\x18\x08 \x01(\x08\x12\x17\n\x0fpeer_bytes_sent\x18\t \x01(\x04\x12\x12\n\ncluster_id\x18\n \x01(\t\x12\x11\n\telections\x18\x0b \x01(\x04\x12\x19\n\x11\x63\x61mpaigns_waiting\x18\x0c \x01(\x04\"/\n\x10MemberAddRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"!\n\x13MemberRemoveRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11MemberListRequest\"c\n\x12MemberListResponse\x12)\n\x07members\x18\x01 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"7\n\tRaftBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\"\t\n\x07SendAck\"G\n\nRenewBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12+\n\x08renewals\x18\x02 \x03(\x0b\x32\x19.trio_election.v1.Renewal\"R\n\x07Renewal\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\">\n\x0cRenewResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trio_election.v1.RenewResult\"\xa7\x01\n\x0bRenewResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\x12\x14\n\x0cremaining_ms\x18\x05 \x01(\x03\x12\r\n\x05value\x18\x06 \x01(\x0c\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0c\n\x04held\x18\x08 \x01(\x08\x12\r\n\x05\x65rror\x18\t \x01(\t2\xe3\x02\n\x07\x43luster\x12K\n\x06Status\x12\x1f.trio_election.v1.StatusRequest\x1a .trio_election.v1.StatusResponse\x12U\n\tMemberAdd\x12\".trio_election.v1.MemberAddRequest\x1a$.trio_election.v1.MemberListResponse\x12[\n\x0cMemberRemove\x12%.trio_election.v1.MemberRemoveRequest\x1a$.trio_election.v1.MemberListResponse\x12W\n\nMemberList\x12#.trio_election.v1.MemberListRequest\x1a$.trio_election.v1.MemberListResponse2\x98\x01\n\rRaftTransport\x12@\n\x04Send\x12\x1b.trio_election.v1.RaftBatch\x1a\x19.trio_election.v1.SendAck(\x01\x12\x45\n\x05Renew\x12\x1c.trio_election.v1.RenewBatch\x1a\x1e.trio_election.v1.RenewResultsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1etrio_election/v1/cluster.proto\x12\x10trio_election.v1\"k\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\x12\x0b\n\x03lag\x18\x04 \x01(\x04\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"\x0f\n\rStatusRequest\"\x90\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x0c\n\x04role\x18\x06 \x01(\t\x12)\n\x07members\x18\x07 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x13\n\x0b\x66rom_leader\x18\x08 \x01(\x08\x12\x17\n\x0fpeer_bytes_sent\x18\t \x01(\x04\x12\x12\n\ncluster_id\x18\n \x01(\t\x12\x11\n\telections\x18\x0b \x01(\x04\x12\x19\n\x11\x63\x61mpaigns_waiting\x18\x0c \x01(\x04\"J\n\x14ListElectionsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x13\n\x0bstart_after\x18\x03 \x01(\t\"~\n\rElectionEntry\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x14\n\x0cremaining_ms\x18\x04 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x03\x12\r\n\x05owner\x18\x06 \x01(\t\"\x9b\x01\n\x15ListElectionsResponse\x12\x32\n\telections\x18\x01 \x03(\x0b\x32\x1f.trio_election.v1.ElectionEntry\x12\x15\n\rapplied_index\x18\x02 \x01(\x04\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x18\n\x10next_start_after\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"/\n\x10MemberAddRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"!\n\x13MemberRemoveRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11MemberListRequest\"c\n\x12MemberListResponse\x12)\n\x07members\x18\x01 \x03(\x0b\x32\x18.trio_election.v1.Member\x12\x0e\n\x06leader\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\"7\n\tRaftBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\"\t\n\x07SendAck\"G\n\nRenewBatch\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12+\n\x08renewals\x18\x02 \x03(\x0b\x32\x19.trio_election.v1.Renewal\"R\n\x07Renewal\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\">\n\x0cRenewResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.trio_election.v1.RenewResult\"\xa7\x01\n\x0bRenewResult\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\x12\x14\n\x0cremaining_ms\x18\x05 \x01(\x03\x12\r\n\x05value\x18\x06 \x01(\x0c\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0c\n\x04held\x18\x08 \x01(\x08\x12\r\n\x05\x65rror\x18\t \x01(\t2\xc5\x03\n\x07\x43luster\x12K\n\x06Status\x12\x1f.trio_election.v1.StatusRequest\x1a .trio_election.v1.StatusResponse\x12U\n\tMemberAdd\x12\".trio_election.v1.MemberAddRequest\x1a$.trio_election.v1.MemberListResponse\x12[\n\x0cMemberRemove\x12%.trio_election.v1.MemberRemoveRequest\x1a$.trio_election.v1.MemberListResponse\x12W\n\nMemberList\x12#.trio_election.v1.MemberListRequest\x1a$.trio_election.v1.MemberListResponse\x12`\n\rListElections\x12&.trio_election.v1.ListElectionsRequest\x1a\'.trio_election.v1.ListElectionsResponse2\x98\x01\n\rRaftTransport\x12@\n\x04Send\x12\x1b.trio_election.v1.RaftBatch\x1a\x19.trio_election.v1.SendAck(\x01\x12\x45\n\x05Renew\x12\x1c.trio_election.v1.RenewBatch\x1a\x1e.trio_election.v1.RenewResultsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_end=176
   _globals['_STATUSRESPONSE']._serialized_start=179
   _globals['_STATUSRESPONSE']._serialized_end=451
-  _globals['_MEMBERADDREQUEST']._serialized_start=453
-  _globals['_MEMBERADDREQUEST']._serialized_end=500
-  _globals['_MEMBERREMOVEREQUEST']._serialized_start=502
-  _globals['_MEMBERREMOVEREQUEST']._serialized_end=535
-  _globals['_MEMBERLISTREQUEST']._serialized_start=537
-  _globals['_MEMBERLISTREQUEST']._serialized_end=556
-  _globals['_MEMBERLISTRESPONSE']._serialized_start=558
-  _globals['_MEMBERLISTRESPONSE']._serialized_end=657
-  _globals['_RAFTBATCH']._serialized_start=659
-  _globals['_RAFTBATCH']._serialized_end=714
-  _globals['_SENDACK']._serialized_start=716
-  _globals['_SENDACK']._serialized_end=725
-  _globals['_RENEWBATCH']._serialized_start=727
-  _globals['_RENEWBATCH']._serialized_end=798
-  _globals['_RENEWAL']._serialized_start=800
-  _globals['_RENEWAL']._serialized_end=882
-  _globals['_RENEWRESULTS']._serialized_start=884
-  _globals['_RENEWRESULTS']._serialized_end=946
-  _globals['_RENEWRESULT']._serialized_start=949
-  _globals['_RENEWRESULT']._serialized_end=1116
-  _globals['_CLUSTER']._serialized_start=1119
-  _globals['_CLUSTER']._serialized_end=1474
-  _globals['_RAFTTRANSPORT']._serialized_start=1477
-  _globals['_RAFTTRANSPORT']._serialized_end=1629
+  _globals['_LISTELECTIONSREQUEST']._serialized_start=453
+  _globals['_LISTELECTIONSREQUEST']._serialized_end=527
+  _globals['_ELECTIONENTRY']._serialized_start=529
+  _globals['_ELECTIONENTRY']._serialized_end=655
+  _globals['_LISTELECTIONSRESPONSE']._serialized_start=658
+  _globals['_LISTELECTIONSRESPONSE']._serialized_end=813
+  _globals['_MEMBERADDREQUEST']._serialized_start=815
+  _globals['_MEMBERADDREQUEST']._serialized_end=862
+  _globals['_MEMBERREMOVEREQUEST']._serialized_start=864
+  _globals['_MEMBERREMOVEREQUEST']._serialized_end=897
+  _globals['_MEMBERLISTREQUEST']._serialized_start=899
+  _globals['_MEMBERLISTREQUEST']._serialized_end=918
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=920
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=1019
+  _globals['_RAFTBATCH']._serialized_start=1021
+  _globals['_RAFTBATCH']._serialized_end=1076
+  _globals['_SENDACK']._serialized_start=1078
+  _globals['_SENDACK']._serialized_end=1087
+  _globals['_RENEWBATCH']._serialized_start=1089
+  _globals['_RENEWBATCH']._serialized_end=1160
+  _globals['_RENEWAL']._serialized_start=1162
+  _globals['_RENEWAL']._serialized_end=1244
+  _globals['_RENEWRESULTS']._serialized_start=1246
+  _globals['_RENEWRESULTS']._serialized_end=1308
+  _globals['_RENEWRESULT']._serialized_start=1311
+  _globals['_RENEWRESULT']._serialized_end=1478
+  _globals['_CLUSTER']._serialized_start=1481
+  _globals['_CLUSTER']._serialized_end=1934
+  _globals['_RAFTTRANSPORT']._serialized_start=1937
+  _globals['_RAFTTRANSPORT']._serialized_end=2089
 # @@protoc_insertion_point(module_scope)
