@@ -328,6 +328,28 @@ class Cluster:
         finally:
             channel.close()
 
+    async def elections(
+        self, node_id: str, timeout: float = POLL_TIMEOUT
+    ) -> tuple[int, list[pb.ElectionEntry]]:
+        """Every election ``node_id`` holds as of its applied state, paged through
+        Cluster.ListElections: its applied index (of the last page) and the entries.
+
+        Raises:
+            GRPCError, TimeoutError, OSError: the node did not answer.
+        """
+        node = self.nodes[node_id]
+        channel = Channel("127.0.0.1", node.port, cluster_grpc.ClusterStub)
+        entries: list[pb.ElectionEntry] = []
+        try:
+            page = pb.ListElectionsResponse(truncated=True)
+            while page.truncated:
+                request = pb.ListElectionsRequest(start_after=page.next_start_after)
+                page = await channel.unary(channel.stub.ListElections, request, timeout)
+                entries += page.elections
+        finally:
+            channel.close()
+        return page.applied_index, entries
+
     async def health(self, node_id: str) -> str | None:
         """The overall health status name of ``node_id``, or None if it does not answer."""
         host, _, port = self.nodes[node_id].address.rpartition(":")
