@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from grpclib.health.v1 import health_grpc, health_pb2
@@ -12,8 +14,21 @@ from grpclib.health.v1 import health_grpc, health_pb2
 from .._bridge import Channel, GRPCError, Status, asyncio_loop
 from .._errors import ElectionError, Unavailable
 from .._generated.v1 import cluster_grpc, cluster_pb2 as pb
+from ..client._credentials import Credentials
 from ..client._transport import CONNECTION_ERRORS, explain, from_status, parse_endpoint
-from ._common import add_client_options, credentials, emit, endpoint_list, fail
+from ._common import (
+    UsageError,
+    add_client_options,
+    credentials,
+    emit,
+    endpoint_list,
+    fail,
+    seconds,
+    whole,
+)
+from ._watch import refresh_until_stopped
+
+T = TypeVar("T")
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +44,28 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="show the cluster: members, leader, lag")
     _add_options(status)
-    status.set_defaults(run=_runner(_status))
+    watching = status.add_argument_group("watching")
+    watching.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh the table until Ctrl-C (in place on a terminal; with --json a line "
+        "per refresh)",
+    )
+    watching.add_argument(
+        "--interval",
+        type=seconds("--interval", 0.1, 3600),
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: pause between refreshes (default 2)",
+    )
+    watching.add_argument(
+        "--count",
+        type=whole("--count", 1, 10**9),
+        default=None,
+        metavar="N",
+        help="with --watch: stop after N refreshes, exiting with the last one's status",
+    )
+    status.set_defaults(run=_run_status)
 
     member = commands.add_parser("member", help="list, add or remove cluster members")
     actions = member.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -59,32 +95,122 @@ def _runner(command: Any) -> Any:
 
 async def _call_any(command: Any, args: argparse.Namespace) -> int:
     """Run ``command`` against the first endpoint that answers."""
-    failures: list[str] = []
     creds = credentials(args)
     async with asyncio_loop():
-        for endpoint in endpoint_list(args):
-            host, port = parse_endpoint(endpoint)
-            channel = Channel(
-                host, port, cluster_grpc.ClusterStub, ssl=creds.ssl, metadata=creds.metadata
-            )
-            try:
-                return await command(channel, args)
-            except GRPCError as exc:
-                if exc.status is Status.UNIMPLEMENTED and command is _status:
-                    return await _single_status(endpoint, creds, args)
-                if exc.status is not Status.UNAVAILABLE:
-                    return fail(str(from_status(exc)))
-                failures.append(f"{endpoint}: {explain(exc)}")
-            except BrokenPipeError:
-                raise  # our own output, not the endpoint
-            except (TimeoutError, *CONNECTION_ERRORS) as exc:
-                failures.append(f"{endpoint}: {explain(exc) if str(exc) else 'no answer in time'}")
-            finally:
-                channel.close()
+        try:
+            result, _ = await _ask_any(args, creds, lambda channel, _: command(channel, args))
+        except GRPCError as exc:
+            return fail(str(from_status(exc)))
+    return result
+
+
+async def _ask_any(
+    args: argparse.Namespace,
+    creds: Credentials,
+    ask: Callable[[Channel, str], Awaitable[T]],
+) -> tuple[T, list[str]]:
+    """``ask(channel, endpoint)`` of the first endpoint that answers; its answer,
+    and why each endpoint before it did not answer.
+
+    Raises:
+        Unavailable: no endpoint answered.
+        GRPCError: an endpoint answered with an error other than UNAVAILABLE.
+    """
+    failures: list[str] = []
+    for endpoint in endpoint_list(args):
+        host, port = parse_endpoint(endpoint)
+        channel = Channel(
+            host, port, cluster_grpc.ClusterStub, ssl=creds.ssl, metadata=creds.metadata
+        )
+        try:
+            return await ask(channel, endpoint), failures
+        except GRPCError as exc:
+            if exc.status is not Status.UNAVAILABLE:
+                raise
+            failures.append(f"{endpoint}: {explain(exc)}")
+        except BrokenPipeError:
+            raise  # our own output, not the endpoint
+        except (TimeoutError, *CONNECTION_ERRORS) as exc:
+            failures.append(f"{endpoint}: {explain(exc) if str(exc) else 'no answer in time'}")
+        finally:
+            channel.close()
     raise Unavailable(f"no endpoint answered ({'; '.join(failures) or 'no endpoints given'})")
 
 
-async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) -> int:
+@dataclass
+class _Report:
+    """One answer of ``status``: for people, for --json, the exit status, and
+    a sentence for stderr when the news is bad."""
+
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+    code: int = 0
+    warning: str = ""
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    if not args.watch and (args.interval is not None or args.count is not None):
+        raise UsageError("status: --interval and --count go with --watch")
+    try:
+        return trio.run(_watch_status if args.watch else _status_once, args)
+    except ElectionError as exc:
+        return fail(str(exc))
+
+
+async def _status_report(args: argparse.Namespace, creds: Credentials) -> tuple[_Report, list[str]]:
+    """The status of the first endpoint that answers (see :func:`_ask_any`)."""
+
+    async def ask(channel: Channel, endpoint: str) -> _Report:
+        try:
+            return await _status(channel, args)
+        except GRPCError as exc:
+            if exc.status is Status.UNIMPLEMENTED:
+                return await _single_status(endpoint, creds, args)
+            raise
+
+    return await _ask_any(args, creds, ask)
+
+
+async def _status_once(args: argparse.Namespace) -> int:
+    creds = credentials(args)
+    async with asyncio_loop():
+        try:
+            report, _ = await _status_report(args, creds)
+        except GRPCError as exc:
+            return fail(str(from_status(exc)))
+    emit(args, report.text, report.data)
+    if report.warning:
+        fail(report.warning)
+    return report.code
+
+
+async def _watch_status(args: argparse.Namespace) -> int:
+    """``status --watch``: a refresh every ``--interval``, whatever answers."""
+    creds = credentials(args)
+
+    async def refresh() -> _Report:
+        try:
+            report, failures = await _status_report(args, creds)
+        except GRPCError as exc:
+            failures, error = [], str(from_status(exc))
+        except ElectionError as exc:  # no endpoint answered: say so, and go on
+            failures, error = [], str(exc)
+        else:
+            if report.warning:
+                report.text += f"\n{report.warning}"
+            if failures:
+                report.text += f"\n(not answering: {'; '.join(failures)})"
+                report.data["not_answering"] = failures
+            return report
+        return _Report(error, {"error": error}, 1)
+
+    async with asyncio_loop():
+        return await refresh_until_stopped(
+            args, refresh, interval=args.interval or 2.0, count=args.count
+        )
+
+
+async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) -> _Report:
     """``status`` of a single node, which has no cluster: its health."""
     host, port = parse_endpoint(endpoint)
     channel = Channel(host, port, health_grpc.HealthStub, ssl=creds.ssl, metadata=creds.metadata)
@@ -96,12 +222,11 @@ async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) ->
         channel.close()
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    emit(
-        args,
+    return _Report(
         f"{endpoint}: a single node (not a cluster member), {state}",
         {"endpoint": endpoint, "cluster": False, "health": state},
+        0 if serving else 1,
     )
-    return 0 if serving else 1
 
 
 def _members_table(members: Any, leader: str) -> list[str]:
@@ -141,7 +266,7 @@ def _member_dicts(members: Any, from_leader: bool = True) -> list[dict[str, Any]
     ]
 
 
-async def _status(channel: Channel, args: argparse.Namespace) -> int:
+async def _status(channel: Channel, args: argparse.Namespace) -> _Report:
     reply = await channel.unary(channel.stub.Status, pb.StatusRequest(), args.timeout)
     lines = [
         f"node {reply.id} ({reply.role}), Raft leader {reply.leader or 'unknown'}, "
@@ -151,8 +276,7 @@ async def _status(channel: Channel, args: argparse.Namespace) -> int:
     if not reply.from_leader:
         lines.append("(lag and health are known only to the leader: ask it for them)")
     quorum = bool(reply.leader)
-    emit(
-        args,
+    report = _Report(
         "\n".join(lines),
         {
             "id": reply.id,
@@ -168,11 +292,12 @@ async def _status(channel: Channel, args: argparse.Namespace) -> int:
         },
     )
     if not quorum:
-        return fail(
+        report.code = 1
+        report.warning = (
             f"no quorum: node {reply.id} knows no Raft leader (term {reply.term}); writes "
             "are refused until a majority of the members is up and reachable"
         )
-    return 0
+    return report
 
 
 async def _list(channel: Channel, args: argparse.Namespace) -> int:
