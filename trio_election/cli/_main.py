@@ -10,7 +10,7 @@ import sys
 
 from .._errors import ElectionError
 from ..client._transport import explain
-from . import _client_commands, _cluster_commands, _node, _settings
+from . import _client_commands, _cluster_commands, _elections, _node, _settings
 from ._common import UsageError, fail
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     _node.add_parser(commands)
     _client_commands.add_parsers(commands)
     _cluster_commands.add_parsers(commands)
+    _elections.add_parser(commands)
     keygen = commands.add_parser(
         "keygen",
         help="print a new random secret (a cluster key or a client token)",
