@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from trio_election import open_client
 from trio_election._tls import server_context
 from trio_election.cli import _settings, main
 from trio_election.cli._main import build_parser
@@ -204,6 +205,9 @@ def test_bad_input_is_reported_with_the_field(endpoint: str, capsys) -> None:
         (["watch", "x", "--ca", "/no/such/ca.pem"], 1, "no such file: /no/such/ca.pem"),
         (["--config", "/no/such.toml", "leader", "x"], 2, "cannot read /no/such.toml"),
         (["no-such-command"], 2, "invalid choice"),
+        (["status", "--count", "2"], 2, "--interval and --count go with --watch"),
+        (["status", "--watch", "--interval", "0"], 2, "--interval: must be from 0.1"),
+        (["elections", "--limit", "0"], 2, "--limit: must be from 1"),
     ],
 )
 def test_bad_arguments_end_in_one_sentence_and_the_documented_status(
@@ -343,3 +347,124 @@ def test_a_waiting_campaign_notes_changes_once_each_as_plain_lines(capsys) -> No
         "waiting: x is held by a",
         "waiting: x is held by b",
     ]
+
+
+# -- elections and status --watch -----------------------------------------------
+
+
+def _hold(endpoint: str, names: list[str], ttl: float = 60, **client: object) -> dict[str, int]:
+    """Take each election as ``w-<name>``; their fencing tokens."""
+
+    async def take() -> dict[str, int]:
+        async with open_client([endpoint], **client) as c:
+            return {
+                name: (await c.try_become_leader(name, f"w-{name}", ttl=ttl)).leader.fencing_token
+                for name in names
+            }
+
+    return trio.run(take)
+
+
+def test_elections_lists_holders_as_a_table_and_as_json(endpoint: str, capsys) -> None:
+    tokens = _hold(endpoint, ["jobs/b", "jobs/a", "cron"])
+    assert main(["elections", "--endpoints", endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ELECTION", "HOLDER", "TOKEN", "TTL", "LEFT", "OWNER"]
+    rows = [line.split() for line in lines[1:-1]]
+    assert [row[:4] for row in rows] == [
+        [name, f"w-{name}", str(tokens[name]), "60s"] for name in ("cron", "jobs/a", "jobs/b")
+    ]
+    assert all(row[5] == "-" for row in rows)  # no owner without client tokens
+    assert lines[-1] == "3 elections"
+
+    assert main(["elections", "--endpoints", endpoint, "--json", "--prefix", "jobs/"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(e["election"], e["fencing_token"]) for e in listed["elections"]] == [
+        ("jobs/a", tokens["jobs/a"]),
+        ("jobs/b", tokens["jobs/b"]),
+    ]
+    first = listed["elections"][0]
+    assert (first["node_id"], first["owner"], first["ttl_s"]) == ("w-jobs/a", None, 60.0)
+    assert 0 < first["remaining_s"] <= 60
+    assert (listed["node"], listed["applied_index"], listed["truncated"]) == (None, 0, False)
+
+
+def test_elections_says_when_the_limit_cut_the_list(endpoint: str, capsys) -> None:
+    _hold(endpoint, ["a", "b", "c"])
+    assert main(["elections", "--endpoints", endpoint, "--limit", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[1:-1]] == ["a", "b"]
+    assert out[-1] == "the first 2 elections; more match: raise --limit or narrow --prefix"
+    assert main(["elections", "--endpoints", endpoint, "--limit", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["truncated"] is True
+    assert main(["elections", "--endpoints", endpoint, "--prefix", "zzz"]) == 0
+    assert capsys.readouterr().out.strip() == "no elections held under 'zzz'"
+
+
+def test_elections_with_a_token_shows_its_owner_and_refuses_other_prefixes(
+    secure, tmp_path: Path, capsys
+) -> None:
+    endpoint, flags = secure
+    _hold(endpoint, ["team-a/x"], ca=flags[1], token_file=flags[3])
+    assert main(["elections", "--endpoints", endpoint, *flags, "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["elections"]
+    assert entry["election"] == "team-a/x" and entry["owner"]
+    assert main(["elections", "--endpoints", endpoint, *flags, "--prefix", "team-b/"]) == 1
+    assert "outside this token's prefix 'team-a/'" in capsys.readouterr().err
+
+
+def test_status_watch_prints_each_refresh_after_a_blank_line(endpoint: str, capsys) -> None:
+    argv = ["status", "--watch", "--count", "3", "--interval", "0.1", "--endpoints", endpoint]
+    assert main(argv) == 0
+    refreshes = capsys.readouterr().out.strip("\n").split("\n\n")
+    assert len(refreshes) == 3
+    for refresh in refreshes:
+        header, line = refresh.splitlines()
+        assert header.startswith("every 0.1 s, at ") and header.endswith("(Ctrl-C stops)")
+        assert line == f"{endpoint}: a single node (not a cluster member), SERVING"
+
+
+def test_status_watch_goes_on_when_an_endpoint_or_all_of_them_do_not_answer(
+    endpoint: str, capsys
+) -> None:
+    dead = "127.0.0.1:1"
+    argv = ["status", "--watch", "--json", "--count", "2", "--interval", "0.1", "--timeout", "2"]
+    assert main([*argv, "--endpoints", f"{dead},{endpoint}"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["endpoint"], line["health"]) for line in lines] == [(endpoint, "SERVING")] * 2
+    assert all(line["not_answering"] == [f"{dead}: connection refused"] for line in lines)
+    assert lines[0]["time"] <= lines[1]["time"]
+    # Nothing answers: each refresh says so, the watch goes on, the exit status is the last's.
+    assert main([*argv, "--endpoints", dead]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["error"] for line in lines] == [
+        f"no endpoint answered ({dead}: connection refused)"
+    ] * 2
+
+
+def test_status_watch_redraws_in_place_on_a_terminal(endpoint: str, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    argv = ["status", "--watch", "--count", "2", "--interval", "0.1", "--endpoints", endpoint]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("\x1b[J")[:2]
+    assert first.startswith("\x1b[2J\x1b[H")  # clear once, then home
+    assert second.startswith("\x1b[H") and "\x1b[2J" not in second
+    assert out.endswith("\x1b[J")
+    assert f"{endpoint}: a single node (not a cluster member), SERVING\x1b[K\n" in second
+
+
+def test_status_watch_ends_cleanly_on_ctrl_c(endpoint: str) -> None:
+    command = [sys.executable, "-m", "trio_election", "status", "--watch", "--interval", "0.1"]
+    watch = subprocess.Popen(
+        [*command, "--endpoints", endpoint], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert watch.stdout is not None
+        assert watch.stdout.readline().startswith(b"every 0.1 s")  # it is refreshing
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0
+    assert err == b"", err

@@ -1,14 +1,17 @@
 """Cluster.ListElections on three real node processes: every member lists the
 replicated state it applied, so once all have applied a grant they list the
 same holders, fencing tokens, TTLs and owners (what a fault-injection run
-compares at its end). Waiting polls Status under ``trio.fail_after``."""
+compares at its end); and the ``elections`` and ``status --watch`` commands
+on a member. Waiting polls Status under ``trio.fail_after``."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from trio_election import open_client
-from trio_election.testing.processes import Cluster
+from trio_election.testing.processes import Cluster, run_cli
 
 pytestmark = pytest.mark.cluster
 
@@ -35,3 +38,18 @@ async def test_every_member_lists_the_same_holders_and_tokens_after_a_grant(clus
         listed = [(e.election, e.node_id, e.fencing_token, e.ttl_ms, e.owner) for e in entries]
         assert listed == expected, node_id
         assert all(0 < e.remaining_ms <= 60_000 for e in entries), node_id
+
+    # The command line says which member and which state it listed.
+    follower = next(i for i in cluster.nodes if i != leader)
+    address = cluster.nodes[follower].address
+    result = await run_cli("elections", "--json", "--endpoints", address)
+    assert result.returncode == 0, result.stderr.decode()
+    listed = json.loads(result.stdout)
+    assert (listed["node"], listed["applied_index"]) == (follower, listings[follower][0])
+    assert [e["election"] for e in listed["elections"]] == [row[0] for row in expected]
+    watch = ["status", "--watch", "--count", "2", "--interval", "0.1", "--endpoints", address]
+    result = await run_cli(*watch)
+    assert result.returncode == 0, result.stderr.decode()
+    refreshes = result.stdout.decode().strip("\n").split("\n\n")
+    tables = [refresh.splitlines()[1].split(",")[0] for refresh in refreshes]
+    assert tables == [f"node {follower} (follower)"] * 2
