@@ -80,6 +80,7 @@ __all__ = [
     "StreamTerminatedError",
     "Waiter",
     "asyncio_loop",
+    "deadline_passed",
     "end_streams",
     "serve_in_order",
     "recv_one_request",
@@ -886,6 +887,13 @@ async def serve_in_order(
             pending = replies.get_nowait()
             if pending is not None:
                 pending.cancel()
+
+
+def deadline_passed(stream: grpclib.server.Stream) -> bool:
+    """Whether grpclib cancelled the call on ``stream`` because its deadline
+    passed (it then answers DEADLINE_EXCEEDED)."""
+    wrapper = getattr(getattr(stream, "_stream", None), "wrapper", None)
+    return isinstance(getattr(wrapper, "_error", None), asyncio.TimeoutError)
 
 
 async def recv_one_request(stream: grpclib.server.Stream) -> Any:

@@ -181,8 +181,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             metavar=kind,
             help=f"{what} (default %(default)s)",
         )
-    parser.add_argument(
+    observe = parser.add_argument_group("observability", "logs and Prometheus metrics")
+    observe.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    observe.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; port 0 "
+        "picks one, logged as 'metrics on ...')",
     )
     parser.set_defaults(run=run)
 
@@ -301,6 +308,9 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         tick_s=args.tick,
         snapshot_entries=args.snapshot_entries,
         request_timeout_s=args.request_timeout,
+        metrics_listen=(
+            parse_listen(args.metrics_listen, "--metrics-listen") if args.metrics_listen else None
+        ),
     )
 
 

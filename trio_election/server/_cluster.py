@@ -29,6 +29,7 @@ import hashlib
 import logging
 import random
 import secrets
+from dataclasses import dataclass
 from itertools import count
 
 import trio
@@ -48,6 +49,7 @@ from ..raft import (
     RaftError,
     RawNode,
     Role,
+    Status,
 )
 from ..replica import Done, Elections, Replica, Work
 from ._cluster_client import add_member
@@ -61,6 +63,33 @@ log = logging.getLogger("trio_election.cluster")
 #: Most renewals a follower forwards to the leader in one call (and the
 #: leader takes in one).
 MAX_FORWARDED_RENEWALS = 10_000
+#: A member the Raft leader heard from within this many ticks (an election
+#: timeout) is healthy.
+HEALTHY_TICKS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHealth:
+    """What the Raft leader knows of one other member's replication."""
+
+    match_index: int
+    lag: int  # entries behind the leader's last index
+    healthy: bool
+
+
+def peer_health(status: Status, self_id: str) -> dict[str, PeerHealth]:
+    """Each other member's progress, from the Raft leader's ``status`` (a
+    follower knows none: empty)."""
+    health = {}
+    for peer, progress in status.progress.items():
+        if peer != self_id:
+            since = progress.ticks_since_active
+            health[peer] = PeerHealth(
+                progress.match,
+                max(0, status.last_index - progress.match),
+                since is not None and since <= HEALTHY_TICKS,
+            )
+    return health
 
 
 def cluster_id_of(initial_cluster: dict[str, str]) -> str:
@@ -154,6 +183,9 @@ class ClusterNode(HubClient):
         self._wake = trio.Event()
         self._store: RaftStore | None = None
         self._nursery: trio.Nursery | None = None
+        #: Raft leaders seen elected: one per term that had one (metrics).
+        self.leader_changes = 0
+        self._leader_term = 0
         self.replica: Replica | None = None
         self.peers: Peers | None = None
         self.advertise = ""
@@ -192,6 +224,16 @@ class ClusterNode(HubClient):
     def applied(self) -> int:
         return self.replica.applied if self.replica is not None else 0
 
+    @property
+    def term(self) -> int:
+        """The current Raft term (0 before ``open``)."""
+        return self.replica.raw.term if self.replica is not None else 0
+
+    @property
+    def proposals_pending(self) -> int:
+        """Commands proposed through this node that have not applied yet."""
+        return len(self._pending)
+
     # -- lifetime -----------------------------------------------------------
 
     async def open(self) -> None:
@@ -200,7 +242,9 @@ class ClusterNode(HubClient):
         Set ``advertise`` (the address peers reach us at) before ``run``.
         """
         config = self.config
-        self._store = store = await trio.to_thread.run_sync(RaftStore, config.data_dir)
+        self._store = store = await trio.to_thread.run_sync(
+            RaftStore, config.data_dir, self.on_write
+        )
         self.replica = replica = Replica(
             store,
             self.elections,
@@ -542,6 +586,9 @@ class ClusterNode(HubClient):
     def _leader_changed(self) -> None:
         leader = self.leader
         log.info("Raft leader is now %s", leader or "unknown")
+        if leader is not None and (term := self.term) != self._leader_term:
+            self._leader_term = term
+            self.leader_changes += 1
         # Writes need a Raft leader; with CheckQuorum a leader that lost its
         # quorum steps down, and with PreVote a follower that lost its
         # leader forgets it, so a known leader means a quorum was there lately.

@@ -21,7 +21,7 @@ from ..raft import (
     decode_message,
 )
 from ._auth import Guard
-from ._cluster import MAX_FORWARDED_RENEWALS, ClusterNode, renew_result
+from ._cluster import MAX_FORWARDED_RENEWALS, ClusterNode, peer_health, renew_result
 from ._listing import serve_list
 from ._status import to_grpc_error
 
@@ -45,19 +45,16 @@ class ClusterService(cluster_grpc.ClusterBase):
     def _members(self, status: RaftStatus | None = None) -> list[pb.Member]:
         """The members; with the leader's ``status``, their match index, lag, health."""
         node = self.node
+        peers = peer_health(status, node.id) if status is not None else {}
         members = []
         for member_id, address in sorted(node.members.items()):
             member = pb.Member(id=member_id, address=address, is_leader=member_id == node.leader)
             if status is not None:
-                last = status.last_index
                 if member_id == node.id:
-                    member.match_index, member.healthy = last, True
-                elif (progress := status.progress.get(member_id)) is not None:
-                    member.match_index = progress.match
-                    member.lag = max(0, last - progress.match)
-                    # Heard from within an election timeout (10 ticks).
-                    since = progress.ticks_since_active
-                    member.healthy = since is not None and since <= 10
+                    member.match_index, member.healthy = status.last_index, True
+                elif (health := peers.get(member_id)) is not None:
+                    member.match_index, member.lag = health.match_index, health.lag
+                    member.healthy = health.healthy
             members.append(member)
         return members
 

@@ -70,6 +70,9 @@ class NodeConfig:
             client is told UNAVAILABLE (no quorum, no leader).
         snapshot_entries: Applied entries between snapshots; a tenth of them
             stays in the log behind each snapshot for slightly lagging peers.
+        metrics_listen: ``(host, port)`` to serve Prometheus metrics on at
+            ``/metrics`` (``--metrics-listen``; port 0 picks one), or None
+            for no metrics.
     """
 
     host: str = "127.0.0.1"
@@ -98,6 +101,7 @@ class NodeConfig:
     tick_s: float = 0.05
     snapshot_entries: int = 10_000
     request_timeout_s: float = 5.0
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def clustered(self) -> bool:

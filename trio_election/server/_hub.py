@@ -15,7 +15,16 @@ from typing import Any, Protocol
 
 from .._bridge import MessageQueue, Waiter
 from .._errors import OutOfRange, Superseded, Unavailable
-from ..core import CancelWait, Command, ElectionMachine, Event, Holder, Outcome, Release
+from ..core import (
+    CancelWait,
+    Command,
+    ElectionMachine,
+    Event,
+    EventKind,
+    Holder,
+    Outcome,
+    Release,
+)
 
 log = logging.getLogger("trio_election.node")
 
@@ -54,6 +63,8 @@ class Hub:
         self._watchers: dict[str, set[MessageQueue]] = {}
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self.closed = False
+        #: Events published, by kind (metrics: leadership changes by cause).
+        self.changes: dict[EventKind, int] = {}
 
     def new_campaign(self) -> tuple[str, Any]:
         """A fresh waiter id and the call its grant will be reported to."""
@@ -131,6 +142,7 @@ class Hub:
 
     def _publish(self, event: Event) -> None:
         self._history.append(event)
+        self.changes[event.kind] = self.changes.get(event.kind, 0) + 1
         holder: Holder | None = event.holder
         log.info(
             "%s %r: %s (token %d)",
@@ -159,11 +171,17 @@ class HubClient:
     #: Told whether the node can serve writes now (the health service's
     #: status); ``serve`` sets it.
     on_serving: Callable[[bool], None] | None = None
+    #: What the node last said of it.
+    serving = False
+    #: Given to the node's store, which tells it how long each fsynced write
+    #: took, in seconds (metrics); ``serve`` sets it.
+    on_write: Callable[[float], None] | None = None
 
     def submit(self, command: Command) -> None:
         raise NotImplementedError
 
     def report_serving(self, serving: bool) -> None:
+        self.serving = serving
         if self.on_serving is not None:
             self.on_serving(serving)
 

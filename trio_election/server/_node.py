@@ -91,7 +91,9 @@ class Node(HubClient):
                 else "no start-up grace (unsafe)",
             )
         else:
-            self._store = await trio.to_thread.run_sync(LeaseStore, self.config.data_dir)
+            self._store = await trio.to_thread.run_sync(
+                LeaseStore, self.config.data_dir, self.on_write
+            )
             last_token, holders = await trio.to_thread.run_sync(self._store.load)
             self.machine = ElectionMachine(last_token=last_token)
             self.machine.restore(holders, self.clock())

@@ -17,6 +17,8 @@ from ._cluster_service import ClusterService, RaftTransportService
 from ._config import NodeConfig
 from ._datadir import DataDirError, DataDirLock, check_kind
 from ._listing import SingleNodeClusterService
+from ._metrics import instrument
+from ._metrics_http import serve_metrics
 from ._node import Node
 from ._security import NO_PEER_AUTH, SecurityConfigError
 from ._service import LeaderElectionService
@@ -94,6 +96,7 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
         client_services = [SingleNodeClusterService(node, guard)]
     node.on_serving = serving.set
     service = LeaderElectionService(node, guard)
+    metrics = instrument(config, node, service)  # None without --metrics-listen
     health = Health({service: [serving]})
     handlers = ServerReflection.extend([service, *client_services, health])
     async with asyncio_loop(), trio.open_nursery() as nursery:
@@ -108,6 +111,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
             limits=config.connection_limits,
         )
         port = await server.start(config.host, config.port)
+        if metrics is not None:
+            await nursery.start(serve_metrics, metrics, *config.metrics_listen)
         if isinstance(node, ClusterNode):
             assert peer_server is not None
             peer_host, peer_port = node.peer_listen

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from .._generated.v1 import election_grpc, election_pb2 as pb
 from ..core import Acquire, Event, EventKind, Holder, Outcome, Release, Renew
 from ._auth import Guard
 from ._hub import CLOSING, OVERFLOW
-from ._status import to_grpc_error
+from ._status import status_of, to_grpc_error
 
 log = logging.getLogger("trio_election.service")
 
@@ -42,17 +43,28 @@ MAX_HEARTBEATS = 1_000
 
 
 def _handler(method: Handler) -> Handler:
-    """Count the call as active and map domain errors to gRPC statuses."""
+    """Count the call as active, map domain errors to gRPC statuses, and tell
+    ``on_call`` (metrics) how the call ended."""
+    rpc = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: LeaderElectionService, stream: Any) -> None:
         self.active += 1
+        started = time.perf_counter()
+        code = "OK"
         try:
             await method(self, stream)
         except ElectionError as exc:
-            raise to_grpc_error(exc) from None
+            error = to_grpc_error(exc)
+            code = error.status.name
+            raise error from None
+        except BaseException as exc:
+            code = status_of(exc, stream)
+            raise
         finally:
             self.active -= 1
+            if self.on_call is not None:
+                self.on_call(rpc, code, time.perf_counter() - started)
             if self.active == 0 and self.on_idle is not None:
                 self.on_idle()
 
@@ -72,8 +84,11 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
     def __init__(self, node: Any, guard: Guard | None = None) -> None:
         self.node = node
         self.guard = guard or Guard(None)
+        #: Told ``(rpc, status code name, seconds)`` as each call ends (metrics).
+        self.on_call: Callable[[str, str, float], None] | None = None
         self.active = 0
         self.on_idle: Callable[[], None] | None = None
+        self.renewals = {True: 0, False: 0}  # heartbeats answered, by success
         self.streams: set[Any] = set()  # open KeepAlive streams, ended on shutdown
         self.watchers: dict[Any, int] = {}  # open Watch streams by client address
         self.watching = 0  # their sum
@@ -144,6 +159,7 @@ class LeaderElectionService(election_grpc.LeaderElectionBase):
         return self._heartbeat_reply(request.election, outcome)
 
     def _heartbeat_reply(self, election: str, outcome: Outcome) -> pb.HeartbeatResponse:
+        self.renewals[outcome.success] += 1
         return pb.HeartbeatResponse(
             success=outcome.success, leader=self._leader(outcome.holder), election=election
         )

@@ -11,6 +11,12 @@ from ._election_sim import (
     ElectionSimulation as ElectionSimulation,
 )
 from ._logs import wait_for_line as wait_for_line
+from ._metrics import (
+    METRICS_LINE as METRICS_LINE,
+    MetricSamples as MetricSamples,
+    http_get as http_get,
+    scrape_metrics as scrape_metrics,
+)
 from ._proxy import FreezableProxy as FreezableProxy
 from ._raft_sim import (
     Cluster as Cluster,
@@ -23,6 +29,7 @@ from ._raft_sim import (
 from ._sweep import sweep as sweep
 
 __all__ = [
+    "METRICS_LINE",
     "CertFiles",
     "Cluster",
     "ElectionReplica",
@@ -31,10 +38,13 @@ __all__ = [
     "FreezableProxy",
     "InvariantViolation",
     "KVStateMachine",
+    "MetricSamples",
     "SimNode",
     "SimOptions",
     "Simulation",
+    "http_get",
     "make_certs",
+    "scrape_metrics",
     "sweep",
     "wait_for_line",
     "write_secret",
