@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from trio_election.cli._main import build_parser
 from trio_election.cli._node import config_from
 from trio_election.server import NodeConfig, serve
 from trio_election.server._auth import Tokens
-from trio_election.testing import make_certs, wait_for_line
+from trio_election.testing import METRICS_LINE, MetricSamples, make_certs, wait_for_line
 
 
 @pytest.fixture
@@ -468,3 +469,39 @@ def test_status_watch_ends_cleanly_on_ctrl_c(endpoint: str) -> None:
         watch.kill()
     assert watch.returncode == 0
     assert err == b"", err
+
+
+def test_metrics_and_log_format_flags_become_the_config(capsys) -> None:
+    args = build_parser().parse_args(["node", "--metrics-listen", "0.0.0.0:9100"])
+    assert config_from(args).metrics_listen == ("0.0.0.0", 9100)
+    assert args.log_format == "text"
+    assert config_from(build_parser().parse_args(["node"])).metrics_listen is None  # off
+    assert main(["node", "--metrics-listen", "nowhere"]) == 2
+    assert "--metrics-listen: 'nowhere' is not HOST:PORT" in capsys.readouterr().err
+    assert main(["node", "--log-format", "xml"]) == 2
+    assert "--log-format" in capsys.readouterr().err
+
+
+def test_a_node_serves_metrics_and_logs_json_lines(tmp_path: Path) -> None:
+    log = tmp_path / "node.log"
+    command = [sys.executable, "-m", "trio_election", "node", "--in-memory"]
+    command += ["--unsafe-no-start-grace", "--listen", "127.0.0.1:0"]
+    command += ["--metrics-listen", "127.0.0.1:0", "--log-format", "json"]
+    with open(log, "wb") as out:
+        node = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_line(log, r"serving on 127\.0\.0\.1:\d+", node)
+        port = wait_for_line(log, METRICS_LINE.pattern, node).group(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            text = reply.read().decode()
+        assert MetricSamples(text).get("trio_election_serving") == 1
+    finally:
+        node.terminate()
+        assert node.wait(timeout=30) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # each one JSON
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("serving on 127.0.0.1:") for m in messages)
+    assert "SIGTERM: shutting down" in messages
+    assert all(line["level"] in ("info", "warning") for line in lines), lines

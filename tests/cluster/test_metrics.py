@@ -1,10 +1,13 @@
-"""Three real members with ``--metrics-listen``: each shows its Raft state on
-``/metrics``, and the Raft leader each peer's lag and health.
+"""Three real members with ``--metrics-listen`` and ``--log-format json``: each
+shows its Raft state on ``/metrics``, the Raft leader each peer's lag and
+health, and every line each one logs is a JSON object naming it.
 
 Real processes and real time: waits poll a scrape under ``trio.fail_after``.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import trio
@@ -35,7 +38,7 @@ async def scrape_until(port: int, done, timeout: float = 15.0) -> MetricSamples:
 
 
 async def test_members_show_their_raft_state_and_the_leader_its_peers(cluster: Cluster):
-    cluster.flags = ("--metrics-listen", "127.0.0.1:0")
+    cluster.flags = ("--metrics-listen", "127.0.0.1:0", "--log-format", "json")
     leader, term = await cluster.start(3)
     followers = sorted(i for i in cluster.nodes if i != leader)
     async with open_client(cluster.endpoints([leader])) as client:
@@ -74,3 +77,16 @@ async def test_members_show_their_raft_state_and_the_leader_its_peers(cluster: C
         assert seen.get("trio_election_elections_held") == 1
         assert seen.by("trio_election_raft_peer_lag", "peer") == {}  # only the leader knows
         assert seen.by("trio_election_node_info", "node_id") == {(follower,): 1}
+
+    for node_id, node in cluster.nodes.items():
+        lines = [
+            line
+            for line in node.log_path.read_text().splitlines()
+            if not line.startswith("==== ")  # the harness's own line: the command
+        ]
+        assert lines
+        for line in lines:
+            record = json.loads(line)
+            assert record["node_id"] == node_id, record
+            assert {"ts", "level", "logger", "message"} <= record.keys()
+        assert any(json.loads(line).get("term") == term for line in lines)

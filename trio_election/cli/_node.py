@@ -15,6 +15,7 @@ from .._util import unwrap_single_exception
 from ..core import DEFAULT_MAX_TTL_MS, MAX_MAX_TTL_MS, MIN_TTL_MS
 from ..server import NodeConfig, serve
 from ..server._auth import Tokens
+from ..server._logs import configure_logging
 from ..server._security import PeerAuth
 from ._common import UsageError, parse_listen, seconds, whole
 
@@ -186,6 +187,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     observe.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line with ts, level, logger, message and, "
+        "where known, node_id, term and election (default %(default)s)",
+    )
+    observe.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; port 0 "
@@ -326,10 +334,7 @@ def parse_initial_cluster(value: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format, args.id)
     try:
         config = config_from(args)
     except SystemExit as exc:

@@ -150,6 +150,7 @@ class Hub:
             event.election,
             holder.node_id if holder else "-",
             holder.fencing_token if holder else 0,
+            extra={"election": event.election},
         )
         queues = self._watchers.get(event.election)
         if not queues:
@@ -192,7 +193,11 @@ class HubClient:
     def report(self, outcome: Outcome) -> None:
         """Tell the hub what a command did; give back grants nobody waits for."""
         for holder in self.hub.report(outcome):
-            log.info("%r was granted to a Campaign whose call is gone: released", holder.election)
+            log.info(
+                "%r was granted to a Campaign whose call is gone: released",
+                holder.election,
+                extra={"election": holder.election},
+            )
             # Only if nobody renewed it since: its node_id may have taken it up.
             self.submit(
                 Release(

@@ -17,6 +17,7 @@ from ._cluster_service import ClusterService, RaftTransportService
 from ._config import NodeConfig
 from ._datadir import DataDirError, DataDirLock, check_kind
 from ._listing import SingleNodeClusterService
+from ._logs import node_logging
 from ._metrics import instrument
 from ._metrics_http import serve_metrics
 from ._node import Node
@@ -99,7 +100,8 @@ async def _serve(config: NodeConfig, task_status: trio.TaskStatus[int]) -> None:
     metrics = instrument(config, node, service)  # None without --metrics-listen
     health = Health({service: [serving]})
     handlers = ServerReflection.extend([service, *client_services, health])
-    async with asyncio_loop(), trio.open_nursery() as nursery:
+    term = (lambda: node.term) if isinstance(node, ClusterNode) else None
+    async with node_logging(config.node_id, term), asyncio_loop(), trio.open_nursery() as nursery:
         if isinstance(node, ClusterNode):
             await node.open()
         else:
