@@ -25,7 +25,8 @@ class StepError(RaftError):
     """A message handed to :meth:`RawNode.step` is not acceptable.
 
     Local-only message types (ticks, internal signals) must never come from
-    the network; responses from peers we do not know are refused too.
+    the network; responses from peers we do not know are refused too, and so
+    are terms and indexes no cluster reaches (``MAX_NETWORK_NUMBER``).
     """
 
 

@@ -56,6 +56,28 @@ from ._types import (
 #: Ready that made them is persisted (etcd-io/raft's ``msgsAfterAppend``).
 _AFTER_PERSIST = frozenset({MessageType.APP_RESP, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP})
 
+#: The largest term or index a message from the network may carry. No cluster
+#: gets near it (a new term every nanosecond for a century stays below), but a
+#: node that took up a term near 2**63 could neither write it down (storage
+#: such as SQLite keeps signed 64-bit integers) nor, near 2**64, hold another
+#: election (the wire format's integers stop there): one forged message would
+#: stop every member it reached, for good.
+MAX_NETWORK_NUMBER = 2**62
+
+
+def _over_the_limit(msg: Message) -> str | None:
+    """The first term or index of ``msg`` above MAX_NETWORK_NUMBER, by name."""
+    for name in ("term", "log_term", "index", "commit", "reject_hint"):
+        if getattr(msg, name) > MAX_NETWORK_NUMBER:
+            return name
+    if any(e.term > MAX_NETWORK_NUMBER or e.index > MAX_NETWORK_NUMBER for e in msg.entries):
+        return "entries"
+    if msg.snapshot is not None:
+        meta = msg.snapshot.metadata
+        if meta.term > MAX_NETWORK_NUMBER or meta.index > MAX_NETWORK_NUMBER:
+            return "snapshot"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Ready:
@@ -202,11 +224,13 @@ class RawNode:
         """Process a message received from a peer.
 
         Raises:
-            StepError: ``msg`` is a local-only type, or a response from an
-                unknown peer.
+            StepError: ``msg`` is a local-only type, a response from an
+                unknown peer, or has a term or index over MAX_NETWORK_NUMBER.
         """
         if msg.type in LOCAL_MESSAGE_TYPES:
             raise StepError(f"cannot step local message type {msg.type} from the network")
+        if (name := _over_the_limit(msg)) is not None:
+            raise StepError(f"{msg.type}: {name} is over {MAX_NETWORK_NUMBER} (2**62)")
         if msg.type in RESPONSE_MESSAGE_TYPES and msg.from_ not in self._raft.trk.progress:
             raise StepError(f"response {msg.type} from unknown peer {msg.from_!r}")
         try:
