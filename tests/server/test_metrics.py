@@ -9,7 +9,9 @@ node's own listener, parsed with prometheus-client's parser.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from trio_election.testing import METRICS_LINE, MetricSamples, http_get, scrape_
 from ._support import StartNode, settle
 
 METRICS = ("127.0.0.1", 0)
+DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana" / "trio-election.json"
 
 
 @pytest.fixture(autouse=True)
@@ -206,3 +209,29 @@ async def test_only_get_metrics_is_served_and_junk_does_not_hurt(
     metrics = MetricSamples((await http_get(port))[1])
     assert metrics.get("trio_election_serving") == 1
     assert (await node.client().try_become_leader("jobs", "a")).success
+
+
+async def test_the_grafana_dashboard_uses_only_metrics_the_nodes_export(
+    start_node: StartNode, caplog: pytest.LogCaptureFixture, tmp_path: Path
+):
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"trio_election_\w+", expr)}
+    exported: set[str] = set()
+    for config in [
+        {"data_dir": tmp_path / "single"},
+        {
+            "data_dir": tmp_path / "n1",
+            "node_id": "n1",
+            "initial_cluster": {"n1": "127.0.0.1:1"},
+            "peer_port": 0,
+            "peer_auth": PeerAuth(insecure=True),
+        },
+    ]:
+        node = await start_node(metrics_listen=METRICS, **config)
+        port = metrics_port(caplog)
+        assert (await node.client().try_become_leader("jobs", "a")).success
+        metrics = await scrape_metrics(port)
+        exported |= {name for name, _ in metrics.samples} | metrics.families.keys()
+    assert used <= exported, used - exported
+    assert "trio_election_raft_peer_lag" in used and "trio_election_requests_total" in used

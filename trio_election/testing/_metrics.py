@@ -17,7 +17,10 @@ class MetricSamples:
     def __init__(self, text: str) -> None:
         self.text = text
         self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        #: Every metric family shown, samples or not, by name: its type.
+        self.families: dict[str, str] = {}
         for family in text_string_to_metric_families(text):
+            self.families[family.name] = family.type
             for one in family.samples:
                 self.samples[one.name, frozenset(one.labels.items())] = one.value
 
