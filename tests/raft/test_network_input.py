@@ -9,11 +9,12 @@ from trio_election.raft import (
     Entry,
     Message,
     MessageType,
+    Role,
     Snapshot,
     SnapshotMetadata,
     StepError,
 )
-from trio_election.raft._rawnode import MAX_NETWORK_NUMBER
+from trio_election.raft._rawnode import MAX_NETWORK_NUMBER, MAX_TERM_STEP
 
 from .test_paper import drain, elect, make_node
 
@@ -59,8 +60,20 @@ def test_a_term_or_index_no_cluster_reaches_is_refused_and_changes_nothing(field
     assert drain(node, st) == []
 
 
-def test_a_term_at_the_limit_is_taken_up():
+def test_a_term_far_above_this_nodes_is_refused():
+    """A forged term of 2**62 would leave the cluster no election to hold."""
     node, st = make_node()
     elect(node, st)
-    node.step(Message(MT.HEARTBEAT_RESP, to="n1", from_="n2", term=MAX_NETWORK_NUMBER))
-    assert node.status().term == MAX_NETWORK_NUMBER
+    term = node.status().term
+    with pytest.raises(StepError, match="more than 2\\*\\*32 above"):
+        node.step(Message(MT.HEARTBEAT_RESP, to="n1", from_="n2", term=MAX_NETWORK_NUMBER))
+    assert node.status().term == term
+    assert drain(node, st) == []
+
+
+def test_a_term_up_to_2_to_the_32_above_this_nodes_is_taken_up():
+    node, st = make_node()
+    elect(node, st)
+    term = node.status().term + MAX_TERM_STEP
+    node.step(Message(MT.HEARTBEAT_RESP, to="n1", from_="n2", term=term))
+    assert (node.status().term, node.status().role) == (term, Role.FOLLOWER)

@@ -26,7 +26,8 @@ class StepError(RaftError):
 
     Local-only message types (ticks, internal signals) must never come from
     the network; responses from peers we do not know are refused too, and so
-    are terms and indexes no cluster reaches (``MAX_NETWORK_NUMBER``).
+    are terms and indexes no cluster reaches (``MAX_NETWORK_NUMBER``,
+    ``MAX_TERM_STEP``).
     """
 
 

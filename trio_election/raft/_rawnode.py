@@ -63,6 +63,11 @@ _AFTER_PERSIST = frozenset({MessageType.APP_RESP, MessageType.VOTE_RESP, Message
 #: election (the wire format's integers stop there): one forged message would
 #: stop every member it reached, for good.
 MAX_NETWORK_NUMBER = 2**62
+#: How far above this node's term a message's term may be: more elections than
+#: any partition outlasts (one a second for 136 years), while a forged term
+#: takes a cluster near MAX_NETWORK_NUMBER, where no election could follow,
+#: only by a billion forged messages, not by one.
+MAX_TERM_STEP = 2**32
 
 
 def _over_the_limit(msg: Message) -> str | None:
@@ -225,12 +230,17 @@ class RawNode:
 
         Raises:
             StepError: ``msg`` is a local-only type, a response from an
-                unknown peer, or has a term or index over MAX_NETWORK_NUMBER.
+                unknown peer, has a term or index over MAX_NETWORK_NUMBER, or
+                a term over MAX_TERM_STEP above this node's.
         """
         if msg.type in LOCAL_MESSAGE_TYPES:
             raise StepError(f"cannot step local message type {msg.type} from the network")
         if (name := _over_the_limit(msg)) is not None:
             raise StepError(f"{msg.type}: {name} is over {MAX_NETWORK_NUMBER} (2**62)")
+        if msg.term > self._raft.term + MAX_TERM_STEP:
+            raise StepError(
+                f"{msg.type}: term {msg.term} is more than 2**32 above this node's {self._raft.term}"
+            )
         if msg.type in RESPONSE_MESSAGE_TYPES and msg.from_ not in self._raft.trk.progress:
             raise StepError(f"response {msg.type} from unknown peer {msg.from_!r}")
         try:
