@@ -20,6 +20,10 @@ simulate *ARGS:
 bench *ARGS:
     {{python}} -m tools.bench {{ARGS}}
 
+# Real nodes under faults (kills, pauses, partitions, membership changes), checked: just chaos --nodes 5 --duration 600
+chaos *ARGS:
+    {{python}} -m tools.chaos {{ARGS}}
+
 # Attack one node with HTTP/2 abuse (rapid reset, floods, idle streams) and measure it.
 abuse *ARGS:
     {{python}} tools/abuse.py {{ARGS}}
