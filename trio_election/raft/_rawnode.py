@@ -237,9 +237,9 @@ class RawNode:
             raise StepError(f"cannot step local message type {msg.type} from the network")
         if (name := _over_the_limit(msg)) is not None:
             raise StepError(f"{msg.type}: {name} is over {MAX_NETWORK_NUMBER} (2**62)")
-        if msg.term > self._raft.term + MAX_TERM_STEP:
+        if msg.term > (term := self._raft.term) + MAX_TERM_STEP:
             raise StepError(
-                f"{msg.type}: term {msg.term} is more than 2**32 above this node's {self._raft.term}"
+                f"{msg.type}: term {msg.term} is more than 2**32 above this node's {term}"
             )
         if msg.type in RESPONSE_MESSAGE_TYPES and msg.from_ not in self._raft.trk.progress:
             raise StepError(f"response {msg.type} from unknown peer {msg.from_!r}")
