@@ -9,7 +9,17 @@ import pytest
 from trio_election._errors import InvalidArgument, PermissionDenied
 from trio_election.core import Acquire, Expire
 from trio_election.core._codec import encode_command
-from trio_election.raft import Config, Entry, EntryType, MemoryStorage, Message, MessageType
+from trio_election.raft import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    Entry,
+    EntryType,
+    MemoryStorage,
+    Message,
+    MessageType,
+    encode_conf_change,
+)
 from trio_election.replica import Done, Elections, Replica, _replica
 
 
@@ -80,3 +90,32 @@ def test_a_forwarded_proposal_is_checked_as_a_client_call() -> None:
         replica.step(forwarded(b"not a command"))
     with pytest.raises(InvalidArgument, match="not a membership change"):
         replica.step(forwarded(b"\xff", EntryType.CONF_CHANGE))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [b"", b"a", b"a:", b":1", b"a:0", b"a:65536", b"a:\xc2\xb2", b"\xff:1"],
+    ids=["empty", "no_port", "empty_port", "no_host", "port_0", "port_65536", "digit_2", "latin1"],
+)
+def test_a_member_is_added_only_at_an_address_its_peers_can_connect_to(address: bytes) -> None:
+    """Every member connects to a member added: an address it cannot read
+    would stop each one as it applied the change (found by tests/cluster/test_fuzz_peer.py)."""
+    replica, storage = single_node()
+    change = ConfChange(ConfChangeType.ADD_NODE, "n2", address)
+    with pytest.raises(InvalidArgument, match="^address: "):
+        replica.propose_conf_change(change)
+    entry = Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=encode_conf_change(change))
+    with pytest.raises(InvalidArgument, match="^address: "):
+        replica.step(Message(MessageType.PROP, to="n1", from_="n1", entries=(entry,)))
+    drain(replica, storage)
+    assert replica.members == {"n1": "127.0.0.1:1"}
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:2", "node-2.example:50052", "[::1]:2", "http://h:2"]
+)
+def test_a_member_at_host_port_is_added(address: str) -> None:
+    replica, storage = single_node()
+    replica.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, "n2", address.encode()))
+    drain(replica, storage)
+    assert replica.members == {"n1": "127.0.0.1:1", "n2": address}

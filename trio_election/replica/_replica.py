@@ -243,6 +243,29 @@ class _Proposal:
     until: int | None = None  # given up at this tick (None: when forgotten)
 
 
+def _check_conf_change(change: ConfChange) -> None:
+    """Refuse a membership change that the members could not carry out once
+    it is logged: each one applies it, and connects to a member added at the
+    address it names (read as ``client._transport.parse_endpoint`` reads it).
+
+    Raises:
+        InvalidArgument: the id is empty or over 256 characters, or the
+            address of a member added is not UTF-8 ``HOST:PORT``.
+    """
+    if not change.node_id or len(change.node_id) > 256:
+        raise InvalidArgument("id", "must be 1 to 256 characters")
+    if change.type is not ConfChangeType.ADD_NODE:
+        return
+    try:
+        address = change.context.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("address", "is not UTF-8") from None
+    bare = address.removeprefix("https://").removeprefix("http://").rstrip("/")
+    host, sep, port = bare.rpartition(":")
+    if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise InvalidArgument("address", f"{address!r} is not HOST:PORT")
+
+
 class Replica:
     """One member's Raft core, machine, members and pending reads.
 
@@ -398,8 +421,11 @@ class Replica:
         """Propose a membership change, here or through the leader (once).
 
         Raises:
+            InvalidArgument: a change no member could carry out (see
+                :func:`_check_conf_change`).
             ProposalDropped: no leader is known, or another change is pending.
         """
+        _check_conf_change(change)
         self.raw.propose_conf_change(change, forward=True)
 
     def _send_proposal(self, proposal: _Proposal, raise_dropped: bool = False) -> None:
@@ -417,8 +443,7 @@ class Replica:
                 change = decode_conf_change(entry.data)
             except RaftCodecError as exc:
                 raise InvalidArgument("data", f"not a membership change: {exc}") from None
-            if not change.node_id or len(change.node_id) > 256:
-                raise InvalidArgument("id", "must be 1 to 256 characters")
+            _check_conf_change(change)
         else:
             self.machine.check_forwarded(entry.data)
 
