@@ -119,3 +119,11 @@ def test_a_member_at_host_port_is_added(address: str) -> None:
     replica.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, "n2", address.encode()))
     drain(replica, storage)
     assert replica.members == {"n1": "127.0.0.1:1", "n2": address}
+
+
+def test_a_member_logged_with_an_address_that_is_not_utf8_is_applied() -> None:
+    """A change logged before addresses were checked is applied, not fatal."""
+    replica, storage = single_node()
+    replica.raw.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, "n2", b"\xff:1"))
+    drain(replica, storage)
+    assert replica.members == {"n1": "127.0.0.1:1", "n2": "\ufffd:1"}

@@ -589,7 +589,8 @@ class Replica:
             return False
         self.conf_state = self.raw.apply_conf_change(change)
         if change.type is ConfChangeType.ADD_NODE:
-            self.members[change.node_id] = change.context.decode()
+            # (A change logged before addresses were checked may not be UTF-8.)
+            self.members[change.node_id] = change.context.decode(errors="replace")
             log.info("member %s added at %s", change.node_id, self.members[change.node_id])
             return False
         self.members.pop(change.node_id, None)

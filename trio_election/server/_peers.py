@@ -65,7 +65,11 @@ class Peers:
                 del self._senders[peer]
         for peer, address in members.items():
             if peer != self._self_id and peer not in self._senders:
-                sender = _Sender(self, peer, address)
+                try:
+                    sender = _Sender(self, peer, address)
+                except ValueError as exc:  # logged before addresses were checked
+                    log.error("peer %s at %r: not sending to it: %s", peer, address, exc)
+                    continue
                 self._senders[peer] = sender
                 self._nursery.start_soon(sender.run)
 
