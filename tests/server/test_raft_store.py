@@ -26,7 +26,7 @@ from trio_election.raft import (
     Snapshot,
     SnapshotMetadata,
 )
-from trio_election.server._raft_store import CorruptLog, RaftStore
+from trio_election.server._raft_store import CorruptLog, RaftStore, StorageFailure, _hard_crc
 from trio_election.testing import write_secret
 
 VOTERS = ConfState(voters=("n1", "n2", "n3"))
@@ -302,10 +302,50 @@ def test_commit_index_past_the_last_entry_in_the_hard_state_is_refused(tmp_path:
     tamper(
         tmp_path,
         "UPDATE meta SET value = ? WHERE key = 'hard_state'",
-        json.dumps([2, "n1", 9]),
+        json.dumps([2, "n1", 9, _hard_crc(2, "n1", 9)]),
     )
     with pytest.raises(CorruptLog, match="commit index 9 is past the last entry 5"):
         RaftStore(tmp_path)
+
+
+def test_a_changed_vote_is_refused(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    hard = json.loads(RaftStore(tmp_path).meta("hard_state"))
+    hard[1] = "n2"  # a member that forgot its vote could vote twice in one term
+    tamper(tmp_path, "UPDATE meta SET value = ? WHERE key = 'hard_state'", json.dumps(hard))
+    with pytest.raises(CorruptLog, match="hard state .* fails its checksum"):
+        RaftStore(tmp_path)
+
+
+def test_raft_db_alone_holds_every_acknowledged_write(tmp_path: Path) -> None:
+    """No write-ahead file beside it: losing one cannot take votes or entries back."""
+    store = RaftStore(tmp_path / "live")
+    entries = [Entry(term=3, index=i, data=f"e{i}".encode()) for i in range(1, 51)]
+    for entry in entries:
+        write(store, HardState(term=3, vote="n2", commit=entry.index), [entry])
+    # What a careless copy or a disk that drops the sidecar files leaves: raft.db only.
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "raft.db").write_bytes((tmp_path / "live" / "raft.db").read_bytes())
+    store.close()
+    assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["raft.db"]
+    copy = RaftStore(tmp_path / "copy")
+    assert copy.hard_state == HardState(term=3, vote="n2", commit=50)
+    assert copy.entries(1, 51) == entries
+    copy.close()
+
+
+def test_a_full_disk_is_a_sentence_and_loses_nothing_stored(tmp_path: Path) -> None:
+    store = RaftStore(tmp_path)
+    write(store, HardState(term=1, vote="n1", commit=1), [Entry(term=1, index=1, data=b"x")])
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # the disk is full now
+    big = [Entry(term=1, index=i, data=b"y" * 4096) for i in range(2, 12)]
+    with pytest.raises(StorageFailure, match="cannot write .*raft.db.*full.*start it again"):
+        store.write(HardState(term=1, vote="n1", commit=11), big, None)
+    store.close()
+    again = RaftStore(tmp_path)  # room again: it goes on from what it had stored
+    assert again.last_index() == 1 and again.hard_state.commit == 1
+    again.close()
 
 
 async def test_a_node_started_on_a_corrupt_data_dir_exits_with_the_reason(

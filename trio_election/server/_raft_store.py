@@ -1,4 +1,4 @@
-"""Durable Raft storage: SQLite in WAL mode, read through an in-memory cache.
+"""Durable Raft storage: SQLite with a rollback journal, read through an in-memory cache.
 
 The Raft core reads the log through the :class:`~trio_election.raft.Storage`
 protocol; :class:`RaftStore` serves those reads from a ``MemoryStorage`` kept
@@ -9,23 +9,36 @@ calls :meth:`write` (in a worker thread), then :meth:`remember` (on the Trio
 thread, so the core never reads a half-updated cache), and only then sends the
 Ready's messages.
 
-Corruption: every entry carries a CRC32 of its fields, checked at start-up
-together with SQLite's own ``quick_check`` and the log's contiguity. A node
-refuses to start on damage it cannot repair rather than vote with a damaged
-log. (A torn write cannot leave a half transaction behind: SQLite's WAL
-discards an uncommitted tail on recovery.)
+Journal. Each commit lands in ``raft.db`` itself (``journal_mode=DELETE``,
+as ``leases.db``), not in a ``-wal`` file beside it: a WAL that is lost or
+cut short (a careless copy or restore of the data dir, a disk that drops the
+file) silently takes the last acknowledged entries and the hard state with
+it, and a member that forgets its vote can vote twice in one term, which
+Raft cannot survive. A rollback journal costs one more fsync per Ready; a
+lost journal can only leave a torn transaction, which the checksums find.
+
+Corruption: every entry carries a CRC32 of its fields, and so do the snapshot
+and the hard state, checked at start-up together with SQLite's own
+``quick_check`` and the log's contiguity. A node refuses to start on damage
+it cannot repair rather than vote with a damaged log.
+
+A write that fails (a full disk, an I/O error) raises :class:`StorageFailure`
+with a sentence: the node stops (``cli`` prints it), since a member that
+cannot persist its votes and entries must not send a message that counts on
+them; started again when the disk has room, it goes on from what it stored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .._errors import CorruptData
+from .._errors import CorruptData, StartupError
 from ..raft import ConfState, Entry, EntryType, HardState, MemoryStorage, Snapshot, SnapshotMetadata
 
 _SCHEMA = """
@@ -45,8 +58,16 @@ class CorruptLog(CorruptData):
     """Raised at start-up when the data dir's Raft state is damaged."""
 
 
+class StorageFailure(StartupError):
+    """A write to ``raft.db`` failed: the member must stop (see the module docstring)."""
+
+
 def _crc(index: int, term: int, kind: int, data: bytes) -> int:
     return zlib.crc32(data, zlib.crc32(f"{index}:{term}:{kind}".encode()))
+
+
+def _hard_crc(term: int, vote: object, commit: int) -> int:
+    return zlib.crc32(json.dumps([term, vote, commit]).encode())
 
 
 class RaftStore(MemoryStorage):
@@ -63,7 +84,7 @@ class RaftStore(MemoryStorage):
         self.path = data_dir / "raft.db"
         self._on_write = on_write
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._load()
@@ -105,7 +126,9 @@ class RaftStore(MemoryStorage):
         MemoryStorage.append(self, entries)
         hard = self.meta("hard_state")
         if hard is not None:
-            term, vote, commit = json.loads(hard)
+            term, vote, commit, crc = json.loads(hard)
+            if _hard_crc(term, vote, commit) != crc:
+                raise CorruptLog(f"{self.path}: the hard state (term, vote) fails its checksum")
             if commit > self.last_index():
                 raise CorruptLog(
                     f"{self.path}: commit index {commit} is past the last entry "
@@ -132,7 +155,8 @@ class RaftStore(MemoryStorage):
             db.execute("PRAGMA synchronous=OFF")
         started = time.perf_counter()
         try:
-            self._write(hard_state, entries, snapshot)
+            with self._failing():
+                self._write(hard_state, entries, snapshot)
         finally:
             if not sync:
                 db.execute("PRAGMA synchronous=FULL")
@@ -168,14 +192,27 @@ class RaftStore(MemoryStorage):
                     ],
                 )
             if hard_state is not None:
+                fields = (hard_state.term, hard_state.vote, hard_state.commit)
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('hard_state', ?)",
-                    (json.dumps([hard_state.term, hard_state.vote, hard_state.commit]),),
+                    (json.dumps([*fields, _hard_crc(*fields)]),),
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT may have ended it already
+                db.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageFailure(
+                f"cannot write {self.path} ({exc}); stopping, since a cluster member must "
+                "not vote or acknowledge what it could not store: free space or fix the "
+                "disk, then start it again"
+            ) from exc
 
     def remember(
         self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
@@ -193,14 +230,16 @@ class RaftStore(MemoryStorage):
         ``compact_to`` (blocking: run it in a thread, then ``compact`` the
         cache). Entries between ``compact_to`` and the snapshot stay, so a
         slightly lagging follower catches up from the log."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._write_snapshot(snapshot)
-            self._db.execute("DELETE FROM entries WHERE idx <= ?", (compact_to,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        with self._failing():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_snapshot(snapshot)
+                self._db.execute("DELETE FROM entries WHERE idx <= ?", (compact_to,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _write_snapshot(self, snap: Snapshot) -> None:
         md = snap.metadata
