@@ -317,6 +317,12 @@ def test_a_changed_vote_is_refused(tmp_path: Path) -> None:
         RaftStore(tmp_path)
 
 
+def test_a_hard_state_from_before_its_checksum_is_read(tmp_path: Path) -> None:
+    make_log(tmp_path)
+    tamper(tmp_path, "UPDATE meta SET value = ? WHERE key = 'hard_state'", '[2, "n1", 5]')
+    assert RaftStore(tmp_path).hard_state == HardState(term=2, vote="n1", commit=5)
+
+
 def test_raft_db_alone_holds_every_acknowledged_write(tmp_path: Path) -> None:
     """No write-ahead file beside it: losing one cannot take votes or entries back."""
     store = RaftStore(tmp_path / "live")
