@@ -20,6 +20,10 @@ simulate *ARGS:
 bench *ARGS:
     {{python}} -m tools.bench {{ARGS}}
 
+# One node with 200,000 elections and 2,000 watchers: its memory, and other clients' latency
+bench-crowd *ARGS:
+    {{python}} -m tools.bench.crowd {{ARGS}}
+
 # Real nodes under faults (kills, pauses, partitions, membership changes), checked: just chaos --nodes 5 --duration 600
 chaos *ARGS:
     {{python}} -m tools.chaos {{ARGS}}

@@ -100,3 +100,16 @@ def test_ctrl_c_stops_every_node_it_started() -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_the_crowd_bench_reports_memory_and_latency(tmp_path):
+    out = tmp_path / "crowd.json"
+    command = [sys.executable, "-m", "tools.bench.crowd", "--elections", "300"]
+    command += ["--watchers", "50", "--seconds", "0.5", "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["elections"] == 300 and result["watchers"] == 50
+    assert set(result["rss_mb"]) == {"idle", "held", "watching", "end"}
+    assert result["idle_reads"]["calls"] > 0 and result["crowded_reads"]["calls"] > 0
+    assert result["events_delivered_during_reads"] > 0
