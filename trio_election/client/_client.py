@@ -9,25 +9,21 @@ from pathlib import Path
 
 import trio
 
+from .. import _util
 from .._bridge import asyncio_loop
-from .._errors import ElectionError, InvalidArgument, NotElected, OutOfRange, Unavailable
-from .._generated.v1 import election_pb2 as pb
-from .._util import unwrap_single_exception
+from .._errors import ElectionError, NotElected, Unavailable
+from . import _core as core
 from ._belief import default_margin
 from ._credentials import Credentials
 from ._keepalive import KeepAlive
 from ._leadership import Leadership, check_lost, keep
-from ._transport import Transport, backoff
-from ._types import Attempt, EventKind, Leader, LeaderEvent, leader_or_none
+from ._transport import Transport
+from ._types import Attempt, Leader, LeaderEvent
 
 log = logging.getLogger("trio_election.client")
 
 #: Told why a call that waits (campaign, watch) is being made again.
 OnRetry = Callable[[ElectionError], None]
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
 
 
 class Client:
@@ -40,12 +36,7 @@ class Client:
         self._transport = transport
         self._nursery = nursery
         self._keepalive: KeepAlive | None = None
-        # Tokens whose Release went out with no answer, per (election, node_id):
-        # it may still land. If the same node_id re-acquires the election
-        # meanwhile, the server refreshes that same token, and the late Release
-        # would end it under us; so such a grant is released (with an answer)
-        # and taken afresh before it is trusted.
-        self._unconfirmed: dict[tuple[str, str], set[int]] = {}
+        self._unconfirmed = core.Unconfirmed()
 
     # -- the RPCs -----------------------------------------------------------
 
@@ -53,38 +44,28 @@ class Client:
         self, election: str, node_id: str, ttl: float, value: bytes = b""
     ) -> Attempt:
         """Take ``election`` if free, or refresh it if ``node_id`` holds it."""
-        request = pb.TryBecomeLeaderRequest(
-            election=election, node_id=node_id, ttl_ms=_ms(ttl), value=value
-        )
-        reply = await self._transport.call("TryBecomeLeader", request)
-        return Attempt(reply.success, leader_or_none(reply))
+        request = core.try_become_leader_request(election, node_id, ttl, value)
+        return core.attempt_from(await self._transport.call("TryBecomeLeader", request))
 
     async def heartbeat(self, election: str, node_id: str, fencing_token: int = 0) -> Attempt:
         """Extend the TTL of a held election (token 0 matches by node_id alone)."""
-        request = pb.HeartbeatRequest(
-            election=election, node_id=node_id, fencing_token=fencing_token
-        )
-        reply = await self._transport.call("Heartbeat", request)
-        return Attempt(reply.success, leader_or_none(reply))
+        request = core.heartbeat_request(election, node_id, fencing_token)
+        return core.attempt_from(await self._transport.call("Heartbeat", request))
 
     async def release(self, election: str, node_id: str, fencing_token: int = 0) -> bool:
         """Step down; False if ``node_id`` (with that token, unless 0) does not hold it."""
-        request = pb.ReleaseLeadershipRequest(
-            election=election, node_id=node_id, fencing_token=fencing_token
-        )
-        return (await self._transport.call("ReleaseLeadership", request)).released
+        request = core.release_request(election, node_id, fencing_token)
+        return core.released_from(await self._transport.call("ReleaseLeadership", request))
 
     async def is_leader(self, election: str, node_id: str) -> bool:
         """Whether ``node_id`` holds ``election`` now."""
-        request = pb.IsLeaderRequest(election=election, node_id=node_id)
-        return (await self._transport.call("IsLeader", request)).is_leader
+        request = core.is_leader_request(election, node_id)
+        return core.is_leader_from(await self._transport.call("IsLeader", request))
 
     async def get_leader(self, election: str) -> Leader | None:
         """The holder of ``election`` now, or None (GetCurrentLeader)."""
-        reply = await self._transport.call(
-            "GetCurrentLeader", pb.GetCurrentLeaderRequest(election=election)
-        )
-        return leader_or_none(reply, reply.has_leader)
+        request = core.get_leader_request(election)
+        return core.get_leader_from(await self._transport.call("GetCurrentLeader", request))
 
     async def campaign(
         self,
@@ -101,9 +82,7 @@ class Client:
         endpoint answering is no reason to stop waiting: the call is made
         again, and ``on_retry`` (if given) is told why each time.
         """
-        request = pb.CampaignRequest(
-            election=election, node_id=node_id, ttl_ms=_ms(ttl), value=value
-        )
+        request = core.campaign_request(election, node_id, ttl, value)
         while True:
             try:
                 reply = await self._transport.call("Campaign", request, timeout=None)
@@ -111,9 +90,9 @@ class Client:
                 log.info("campaign for %r: %s; trying again", election, exc)
                 if on_retry is not None:
                     on_retry(exc)
-                await backoff(3)
+                await trio.sleep(core.CAMPAIGN_RETRY_DELAY)
                 continue
-            return Leader.from_pb(reply.leader)
+            return core.campaign_from(reply)
 
     async def watch(
         self, election: str, start_revision: int = 0, *, on_retry: OnRetry | None = None
@@ -127,31 +106,22 @@ class Client:
         current state (a NO_LEADER or ELECTED event). ``on_retry`` (if given)
         is told of each failure before the watch is opened again.
         """
-        failures = 0
-        resume = start_revision
+        cursor = core.WatchCursor(election, start_revision)
         while True:
             try:
                 async with self._transport.stream("Watch") as stream:
-                    request = pb.WatchRequest(election=election, start_revision=resume)
-                    await stream.send(request, end=True)
+                    await stream.send(cursor.request(), end=True)
                     while (message := await stream.recv()) is not None:
-                        failures = 0
-                        resume = message.revision + 1
-                        yield LeaderEvent(
-                            EventKind(message.kind), leader_or_none(message), message.revision
-                        )
+                        yield cursor.event(message)
                 return
-            except InvalidArgument:
-                raise
-            except OutOfRange as exc:
-                log.info("watch %r: %s", election, exc)
-                resume = 0
             except ElectionError as exc:  # broken, dropped as too slow, or node gone
-                failures += 1
+                delay = cursor.failed(exc)
+                if delay is None:
+                    raise
                 log.info("watch %r: %s; watching again", election, exc)
-                if on_retry is not None:
+                if delay and on_retry is not None:
                     on_retry(exc)
-                await backoff(failures)
+                await trio.sleep(delay)
 
     # -- leadership ---------------------------------------------------------
 
@@ -214,14 +184,10 @@ class Client:
     async def _stale(self, leader: Leader) -> bool:
         """Whether ``leader`` is a grant we released without an answer; if so,
         release it again, this time waiting for the answer."""
-        key = (leader.election, leader.node_id)
-        tokens = self._unconfirmed.get(key, set())
-        if leader.fencing_token not in tokens:
+        if not self._unconfirmed.stale(leader):
             return False
         await self.release(leader.election, leader.node_id, leader.fencing_token)
-        tokens.discard(leader.fencing_token)
-        if not tokens:
-            self._unconfirmed.pop(key, None)
+        self._unconfirmed.settled(leader)
         return True
 
     @contextlib.asynccontextmanager
@@ -269,14 +235,13 @@ class Client:
         finally:
             if lead.lost is None:
                 answered = False
-                with trio.move_on_after(1) as cleanup:
+                with trio.move_on_after(core.RELEASE_TIMEOUT) as cleanup:
                     cleanup.shield = True
                     with contextlib.suppress(ElectionError):
                         await self.release(leader.election, leader.node_id, leader.fencing_token)
                         answered = True
                 if not answered:
-                    key = (leader.election, leader.node_id)
-                    self._unconfirmed.setdefault(key, set()).add(leader.fencing_token)
+                    self._unconfirmed.add(leader)
 
     def _keepalive_stream(self) -> KeepAlive:
         if self._keepalive is None:
@@ -317,15 +282,14 @@ async def open_client(
             async with client.leadership("production", node_id="worker-1", ttl=10) as lead:
                 await do_leader_work(lead.fencing_token)
     """
-    if isinstance(endpoints, str):
-        endpoints = [e for e in endpoints.split(",") if e]
+    endpoints = core.split_endpoints(endpoints)
     credentials = Credentials.create(
         endpoints, tls=tls, ca=ca, cert=cert, key=key, token=token, token_file=token_file
     )
     transport = Transport(endpoints, timeout, credentials)
     async with asyncio_loop():
         try:
-            with unwrap_single_exception():
+            with _util.unwrap_single_exception():
                 async with trio.open_nursery() as nursery:
                     try:
                         yield Client(transport, nursery)

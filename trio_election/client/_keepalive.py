@@ -17,16 +17,18 @@ from collections import deque
 
 import trio
 
-from .._errors import ElectionError, Unavailable
+from .._errors import ElectionError
 from .._generated.v1 import election_pb2 as pb
+from ._core import (
+    batch_has_room,
+    batch_message,
+    batch_replies,
+    heartbeat_request,
+    stream_failed,
+)
 from ._transport import Transport, backoff
 
 log = logging.getLogger("trio_election.client")
-
-#: Heartbeats sent in one batch message at most (the server takes 1,000), and
-#: their encoded size (the server reads at most 64 KiB a message).
-MAX_BATCH = 500
-MAX_BATCH_BYTES = 48 * 1024
 
 
 class _Slot:
@@ -46,7 +48,7 @@ class KeepAlive:
         self._send, self._requests = trio.open_memory_channel[tuple[pb.HeartbeatRequest, _Slot]](
             1024
         )
-        self._pending: deque[_Slot | list[_Slot]] = deque()
+        self._pending: deque[list[_Slot]] = deque()
 
     async def heartbeat(self, election: str, node_id: str, token: int) -> pb.HeartbeatResponse:
         """Send one heartbeat and wait for its reply.
@@ -55,7 +57,7 @@ class KeepAlive:
             Unavailable: the stream broke before the reply came.
         """
         slot = _Slot()
-        request = pb.HeartbeatRequest(election=election, node_id=node_id, fencing_token=token)
+        request = heartbeat_request(election, node_id, token)
         await self._send.send((request, slot))
         await slot.done.wait()
         if slot.error is not None:
@@ -85,44 +87,31 @@ class KeepAlive:
         batch = [first]
         while True:
             size = batch[0][0].ByteSize()
-            while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
+            while batch_has_room(len(batch), size):
                 try:
                     item = self._requests.receive_nowait()
                 except trio.WouldBlock:
                     break
                 batch.append(item)
                 size += item[0].ByteSize() + 4
-            if len(batch) == 1:
-                request, slot = batch[0]
-                self._pending.append(slot)
-                await stream.send(request)
-            else:
-                self._pending.append([slot for _, slot in batch])
-                await stream.send(pb.HeartbeatRequest(heartbeats=[r for r, _ in batch]))
+            self._pending.append([slot for _, slot in batch])
+            await stream.send(batch_message([request for request, _ in batch]))
             batch = [await self._requests.receive()]
 
     async def _receive(self, stream: object) -> None:
         while True:
             reply = await stream.recv()
-            if reply is None:
-                raise Unavailable("the server ended the KeepAlive stream")
-            waiting = self._pending.popleft()
-            if isinstance(waiting, _Slot):
-                waiting.reply = reply
-                waiting.done.set()
-                continue
-            if len(reply.heartbeats) != len(waiting):
-                raise Unavailable(
-                    f"a batch of {len(waiting)} heartbeats got {len(reply.heartbeats)} answers"
-                )
-            for slot, one in zip(waiting, reply.heartbeats, strict=True):
+            waiting = self._pending[0] if self._pending else []
+            replies = batch_replies(reply, len(waiting))
+            self._pending.popleft()
+            for slot, one in zip(waiting, replies, strict=True):
                 slot.reply = one
                 slot.done.set()
 
     def _fail(self, first: _Slot, error: ElectionError) -> None:
         slots = [first]
         for waiting in self._pending:
-            slots += [waiting] if isinstance(waiting, _Slot) else waiting
+            slots += waiting
         for slot in slots:
             if not slot.done.is_set():
                 slot.error = error
@@ -131,9 +120,6 @@ class KeepAlive:
 
 
 def _as_unavailable(exc: Exception) -> ElectionError:
-    """The one error for a broken stream (nurseries wrap what they raise in groups)."""
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, ElectionError):
-        return exc
-    return Unavailable(f"the KeepAlive stream broke: {exc!r}")
+    """The one error for a broken stream, saying what broke (nurseries wrap
+    what they raise in groups: :func:`._core.stream_failed` looks inside)."""
+    return stream_failed("KeepAlive", exc)[1]

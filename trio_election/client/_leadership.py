@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .._errors import ElectionError, LeadershipLost
+from .._errors import ElectionError
 from ._belief import Belief
+from ._core import SILENT, Renewal, lost_error
 from ._keepalive import KeepAlive
 from ._types import Leader
 
@@ -75,11 +76,11 @@ class Leadership:
 
 
 async def keep(lead: Leadership, keepalive: KeepAlive, interval: float) -> None:
-    """Renew ``lead`` every ``interval`` until cancelled, or lose it."""
-    retry = min(interval / 4, 0.25)
-    next_try = trio.current_time() + interval
+    """Renew ``lead`` every ``interval`` until cancelled, or lose it
+    (when and what each answer means: :class:`._core.Renewal`)."""
+    renewal = Renewal(lead.election, lead._belief, interval, trio.current_time())
     while True:
-        await trio.sleep_until(next_try)
+        await trio.sleep_until(renewal.next_try)
         sent = trio.current_time()
         # Past the client deadline the reply no longer matters.
         with trio.move_on_at(lead.deadline) as scope:
@@ -89,22 +90,17 @@ async def keep(lead: Leadership, keepalive: KeepAlive, interval: float) -> None:
                 log.debug("heartbeat for %r failed: %s", lead.election, exc)
                 reply = None
         if scope.cancelled_caught:
-            lead._lose("no heartbeat succeeded before the client-side deadline")
+            lead._lose(SILENT)
             return
-        if reply is None:
-            next_try = sent + retry
-        elif reply.success:
-            lead._confirmed(sent)
-            next_try = sent + interval
-        else:
-            holder = reply.leader.node_id if reply.HasField("leader") else "nobody"
-            lead._lose(f"the server says {holder!r} holds {lead.election!r} now")
+        why = renewal.answered(sent, reply)
+        if why is not None:
+            lead._lose(why)
             return
+        lead._scope.deadline = lead._belief.deadline
 
 
 def check_lost(lead: Leadership) -> None:
     """After the body's scope: raise if it ended because leadership was lost."""
     # The scope is ours alone: it is cancelled only by its deadline or _lose.
     if lead._scope.cancelled_caught or lead._lost is not None:
-        why = lead._lost or "no heartbeat succeeded before the client-side deadline"
-        raise LeadershipLost(f"leadership of {lead.election!r} lost: {why}")
+        raise lost_error(lead.election, lead._lost)
