@@ -287,13 +287,15 @@ async def open_client(
         endpoints, tls=tls, ca=ca, cert=cert, key=key, token=token, token_file=token_file
     )
     transport = Transport(endpoints, timeout, credentials)
-    async with asyncio_loop():
-        try:
-            with _util.unwrap_single_exception():
+    # Both the loop (trio-asyncio's own nursery) and ours would wrap what the
+    # body raises in a group: the caller gets it as itself.
+    with _util.unwrap_single_exception():
+        async with asyncio_loop():
+            try:
                 async with trio.open_nursery() as nursery:
                     try:
                         yield Client(transport, nursery)
                     finally:
                         nursery.cancel_scope.cancel()
-        finally:
-            transport.close()  # after the background tasks have ended
+            finally:
+                transport.close()  # after the background tasks have ended
