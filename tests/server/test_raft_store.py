@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from trio_election.raft import (
     Snapshot,
     SnapshotMetadata,
 )
+from trio_election.server._datadir import member_identity
 from trio_election.server._raft_store import CorruptLog, RaftStore, StorageFailure, _hard_crc
 from trio_election.testing import write_secret
 
@@ -373,3 +375,27 @@ async def test_a_node_started_on_a_corrupt_data_dir_exits_with_the_reason(
     assert "log entry 2 fails its checksum" in stderr
     assert "Traceback" not in stderr  # a sentence for the operator
     assert "serving on" not in stderr  # it never started serving
+
+
+def test_a_crash_in_the_middle_of_a_write_leaves_a_journal_that_start_up_rolls_back(
+    tmp_path: Path,
+) -> None:
+    """What SIGKILL during a Ready leaves: raft.db-journal beside raft.db."""
+    make_log(tmp_path)
+    crash = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA journal_mode=DELETE')\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        "db.execute('DELETE FROM entries')\n"
+        "db.execute(\"UPDATE meta SET value = 'x' WHERE key = 'hard_state'\")\n"
+        "db.execute('PRAGMA cache_spill=1')\n"
+        "db.execute(\"INSERT INTO meta VALUES ('pad', zeroblob(400000))\")\n"
+        "os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(tmp_path / "raft.db")], check=False)
+    assert (tmp_path / "raft.db-journal").stat().st_size > 0  # a hot journal
+    assert member_identity(tmp_path) == ("n1", None)
+    store = RaftStore(tmp_path)
+    assert store.last_index() == 5 and store.hard_state.commit == 5
+    store.close()

@@ -65,12 +65,17 @@ class DataDirLock:
 
 def member_identity(data_dir: Path) -> tuple[str | None, str | None] | None:
     """``(node_id, cluster_id)`` recorded in a member's data dir, or None if it
-    holds no Raft log. Read without changing the file."""
+    holds no Raft log.
+
+    Opened for writing, though nothing is written: after a crash in the middle
+    of a transaction, SQLite must roll back the journal it left (as any opener
+    would) before anyone may read, and a read-only connection cannot.
+    """
     path = data_dir / RAFT_FILE
     if not path.exists():
         return None
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
         try:
             rows = dict(
                 db.execute(
