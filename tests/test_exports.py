@@ -10,6 +10,7 @@ PACKAGES = [
     "trio_election",
     "trio_election.core",
     "trio_election.client",
+    "trio_election.aio",
     "trio_election.server",
     "trio_election.cli",
     "trio_election.raft",
@@ -38,3 +39,12 @@ def test_client_names_are_reexported_at_the_top() -> None:
 
     for public in trio_election.client.__all__:
         assert getattr(trio_election, public) is getattr(trio_election.client, public)
+
+
+def test_the_asyncio_client_has_the_trio_client_s_names() -> None:
+    import trio_election.aio
+    import trio_election.client
+
+    assert sorted(trio_election.aio.__all__) == sorted(trio_election.client.__all__)
+    for name in ("Attempt", "EventKind", "Leader", "LeaderEvent"):
+        assert getattr(trio_election.aio, name) is getattr(trio_election.client, name)
