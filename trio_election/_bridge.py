@@ -40,7 +40,7 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -981,6 +981,23 @@ class MessageQueue:
 # -- client -------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _connection_race() -> Iterator[None]:
+    """grpclib's lost connection, as the error it is.
+
+    A call that starts in the moment between grpclib closing a connection's
+    transport and hearing that it was lost fails with ``AttributeError:
+    'Connection' object has no attribute '_transport'`` (grpclib issue #110);
+    the next call connects again. Callers handle a lost connection, not that.
+    """
+    try:
+        yield
+    except AttributeError as exc:
+        if "_transport" not in str(exc):
+            raise
+        raise StreamTerminatedError("Connection lost") from exc
+
+
 class Channel:
     """A grpclib channel to one endpoint, used from Trio.
 
@@ -1006,10 +1023,12 @@ class Channel:
         self.stub = stub_factory(self._channel)
 
     async def unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        """Call a unary method of the stub; raises GRPCError or OSError."""
-        return await trio_asyncio.aio_as_trio(method)(
-            request, timeout=timeout, metadata=self._metadata
-        )
+        """Call a unary method of the stub; raises GRPCError, OSError or
+        StreamTerminatedError."""
+        with _connection_race():
+            return await trio_asyncio.aio_as_trio(method)(
+                request, timeout=timeout, metadata=self._metadata
+            )
 
     @contextlib.asynccontextmanager
     async def stream(self, method: Any, timeout: float | None = None) -> AsyncIterator[_Stream]:
@@ -1019,7 +1038,8 @@ class Channel:
         try:
             # Send the headers now: grpclib refuses to receive on a stream
             # whose request is not sent yet, and our readers may start first.
-            await trio_asyncio.aio_as_trio(stream.send_request)()
+            with _connection_race():
+                await trio_asyncio.aio_as_trio(stream.send_request)()
             yield _Stream(stream)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
