@@ -1,7 +1,11 @@
 """trio-election: leader election and leases for microservices, on Trio and gRPC.
 
 The public API is the client library; the server runs as ``trio-election node``.
+The Trio client's names are imported when first used (see ``client/__init__.py``),
+so ``trio_election.aio`` and ``trio_election.sync`` need neither Trio nor trio-asyncio.
 """
+
+import typing
 
 from ._errors import (
     DeadlineExceeded as DeadlineExceeded,
@@ -18,13 +22,17 @@ from ._errors import (
 )
 from .client import (
     Attempt as Attempt,
-    Client as Client,
     EventKind as EventKind,
     Leader as Leader,
     LeaderEvent as LeaderEvent,
-    Leadership as Leadership,
-    open_client as open_client,
 )
+
+if typing.TYPE_CHECKING:
+    from .client import (
+        Client as Client,
+        Leadership as Leadership,
+        open_client as open_client,
+    )
 
 __all__ = [
     "Attempt",
@@ -46,3 +54,13 @@ __all__ = [
     "Unavailable",
     "open_client",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name in ("Client", "Leadership", "open_client"):
+        from . import client
+
+        value = getattr(client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
