@@ -11,6 +11,7 @@ PACKAGES = [
     "trio_election.core",
     "trio_election.client",
     "trio_election.aio",
+    "trio_election.sync",
     "trio_election.server",
     "trio_election.cli",
     "trio_election.raft",
@@ -41,10 +42,11 @@ def test_client_names_are_reexported_at_the_top() -> None:
         assert getattr(trio_election, public) is getattr(trio_election.client, public)
 
 
-def test_the_asyncio_client_has_the_trio_client_s_names() -> None:
-    import trio_election.aio
+@pytest.mark.parametrize("name", ["trio_election.aio", "trio_election.sync"])
+def test_the_other_clients_have_the_trio_client_s_names(name: str) -> None:
     import trio_election.client
 
-    assert sorted(trio_election.aio.__all__) == sorted(trio_election.client.__all__)
-    for name in ("Attempt", "EventKind", "Leader", "LeaderEvent"):
-        assert getattr(trio_election.aio, name) is getattr(trio_election.client, name)
+    module = importlib.import_module(name)
+    assert sorted(module.__all__) == sorted(trio_election.client.__all__)
+    for public in ("Attempt", "EventKind", "Leader", "LeaderEvent"):
+        assert getattr(module, public) is getattr(trio_election.client, public)

@@ -78,3 +78,24 @@ class AsyncioFreezableProxy:
                 sink.write(data)
                 await sink.drain()
         sink.close()
+
+
+class ThreadedFreezableProxy:
+    """An :class:`AsyncioFreezableProxy` on a loop of its own thread, for blocking tests."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        from trio_election.sync._loop import LoopThread
+
+        self._runner = LoopThread()
+        self._proxy = AsyncioFreezableProxy(target_host, target_port)
+        self.port = self._runner.call(self._proxy.start())
+
+    def freeze(self) -> None:
+        self._runner.loop.call_soon_threadsafe(self._proxy.freeze)
+
+    def thaw(self) -> None:
+        self._runner.loop.call_soon_threadsafe(self._proxy.thaw)
+
+    def close(self) -> None:
+        self._runner.call(self._proxy.aclose())
+        self._runner.stop()
