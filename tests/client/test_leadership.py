@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from trio_election import LeadershipLost, NotElected, open_client
+from trio_election.client._keepalive import KeepAlive
 from trio_election.server._service import LeaderElectionService
 from trio_election.testing import FreezableProxy
 
@@ -46,6 +47,28 @@ async def test_body_is_cancelled_before_the_server_deadline_when_the_server_goes
         taken = await direct.try_become_leader("prod", "w2", TTL)
         assert taken.success and taken.leader is not None
         assert taken.leader.fencing_token > lead.fencing_token
+
+
+async def test_the_body_does_not_start_once_the_deadline_has_passed(
+    node_port: int, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first heartbeat succeeds, but its answer comes (or the client is
+    # paused) after the deadline it earned: the body must never begin.
+    heartbeat = KeepAlive.heartbeat
+
+    async def late(self: KeepAlive, *args: object) -> object:
+        reply = await heartbeat(self, *args)
+        await trio.sleep(TTL)
+        return reply
+
+    monkeypatch.setattr(KeepAlive, "heartbeat", late)
+    began = False
+    async with open_client([f"127.0.0.1:{node_port}"]) as client:
+        with pytest.raises(LeadershipLost, match="before the body could start"):
+            async with client.leadership("prod", node_id="w1", ttl=TTL):
+                began = True
+        assert not began
+        assert await client.get_leader("prod") is None  # released on the way out
 
 
 async def test_leadership_renews_for_as_long_as_the_body_runs(

@@ -221,6 +221,8 @@ class Client:
                     raise core.lost_error(lead.election, lead.lost)
             lead._belief.confirmed(sent)
             lead._moved()
+            if loop.time() >= lead.deadline:
+                raise core.lost_error(lead.election, core.LATE)
             renewal = asyncio.create_task(keep(lead, keepalive, ttl / 3))
             try:
                 async with asyncio.timeout_at(lead.deadline) as timeout:

@@ -217,6 +217,8 @@ class Client:
                     lead._lose("the grant was gone before the first heartbeat")
                     check_lost(lead)
             lead._confirmed(sent)
+            if trio.current_time() >= lead.deadline:
+                raise core.lost_error(lead.election, core.LATE)
             # Renewal runs in the client's nursery, so the body's own
             # exceptions reach the caller unwrapped.
             renewal = trio.CancelScope()

@@ -323,6 +323,9 @@ def batch_replies(reply: Any, count: int) -> list[Any]:
 
 #: Why a lease was lost when heartbeats stopped getting through.
 SILENT = "no heartbeat succeeded before the client-side deadline"
+#: A client paused (or starved) after its first heartbeat, past the deadline
+#: that heartbeat earned: the body must not start at all.
+LATE = "the client-side deadline passed before the body could start"
 
 
 class Renewal:
