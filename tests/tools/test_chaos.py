@@ -66,6 +66,11 @@ def test_a_hold_ends_at_its_deadline_if_that_came_first():
     assert kinds(seen) == []
 
 
+def test_a_body_that_began_after_its_deadline_held_nothing():
+    seen = _history(*hold("a", 2, 0.0, 3.0), *hold("b", 1, 1.0, 1.0, deadline=0.5))
+    assert kinds(seen) == []
+
+
 def test_a_token_that_does_not_grow_is_a_violation():
     assert kinds(_history(*hold("a", 5, 0.0, 1.0), *hold("b", 5, 1.5, 2.0))) == ["token-order"]
 

@@ -157,7 +157,10 @@ def check(history: History) -> list[Violation]:
     violations: list[Violation] = []
     holds: dict[str, list[Hold]] = defaultdict(list)
     for hold in history.holds:
-        holds[hold.election].append(hold)
+        # A body that began after its deadline (its client was paused after the
+        # first heartbeat) never believed: it held nothing.
+        if hold.end > hold.start:
+            holds[hold.election].append(hold)
     for election, these in holds.items():
         these.sort(key=lambda h: h.start)
         violations += _overlaps(election, these)
