@@ -5,7 +5,7 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 
 # Run the whole test suite (lint, generated-code check, tests).
 test *ARGS:
-    {{python}} -m ruff check trio_election tests tools
+    {{python}} -m ruff check trio_election tests tools examples
     {{python}} -m pytest {{ARGS}}
 
 # Three clients contend for one election as things fail; read it as a story.
@@ -42,8 +42,8 @@ check-proto:
 
 # Format and fix what ruff can.
 fmt:
-    {{python}} -m ruff format trio_election tests tools
-    {{python}} -m ruff check --fix trio_election tests tools
+    {{python}} -m ruff format trio_election tests tools examples
+    {{python}} -m ruff check --fix trio_election tests tools examples
 
 # Run one node in the foreground (in memory, port 50051).
 node *ARGS:
