@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from _node_process import ThreadedFreezableProxy, node_process
 
-from trio_election import DeadlineExceeded, LeadershipLost, sync
+from trio_election import DeadlineExceeded, ElectionError, LeadershipLost, Unauthenticated, sync
 from trio_election.sync import EventKind
+from trio_election.testing import make_certs, write_secret
 
 TTL = 2.0
 MARGIN = 0.5
@@ -119,3 +120,21 @@ def test_leadership_fails_over_from_a_dead_endpoint(node: int) -> None:
             with client.leadership("prod", node_id="w1", ttl=TTL, timeout=WAIT) as lead:
                 lead.check()
                 assert client.is_leader("prod", "w1")
+
+
+def test_tokens_and_tls_with_the_node_s_ca(tmp_path: Path) -> None:
+    tokens = write_secret(tmp_path / "tokens")
+    certs = make_certs(tmp_path / "certs", ["node"])["node"]
+    flags = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
+    with node_process(tmp_path, *flags, "--auth-token-file", str(tokens)) as port:
+        endpoint = f"https://127.0.0.1:{port}"
+        with sync.open_client([endpoint], ca=certs.ca, token_file=tokens) as client:
+            with client.leadership("prod", node_id="w1", ttl=TTL) as lead:
+                lead.check()
+                assert client.is_leader("prod", "w1")
+        with sync.open_client([endpoint], ca=certs.ca) as client:  # no token
+            with pytest.raises(Unauthenticated):
+                client.get_leader("prod")
+        with sync.open_client([endpoint], timeout=2, token_file=tokens) as client:  # system CAs
+            with pytest.raises(ElectionError):
+                client.get_leader("prod")
