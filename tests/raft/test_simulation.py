@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from trio_election.raft import ConfChange, ConfChangeType, RawNode, Ready
 from trio_election.testing import SimOptions, Simulation, sweep
+from trio_election.testing._raft_sim import sim_address
 from trio_election.testing._sweep import seeds
 
 PROFILES: dict[str, tuple[SimOptions, int]] = {
@@ -210,7 +211,9 @@ class ClusterMachine(RuleBasedStateMachine):
         if kind == ConfChangeType.ADD_NODE and len(extra) < 2:
             new = f"x{len(self.c.nodes)}"
             self.c.add_node(new)
-            self.c.propose_conf_change(lead, ConfChange(ConfChangeType.ADD_NODE, new))
+            self.c.propose_conf_change(
+                lead, ConfChange(ConfChangeType.ADD_NODE, new, sim_address(new))
+            )
         elif extra:
             self.c.propose_conf_change(lead, ConfChange(ConfChangeType.REMOVE_NODE, extra[0]))
 

@@ -50,6 +50,12 @@ from trio_election.raft._errors import RaftError
 from trio_election.replica import Applied, Done, Machine, Replica, Work
 
 
+def sim_address(node_id: str) -> bytes:
+    """The address a simulated member is added at: messages go by id, but a
+    replica refuses to log a member no peer could connect to."""
+    return f"{node_id}.sim:1".encode()
+
+
 class KVStateMachine:
     """A tiny state machine: ``b"k=v"`` sets a key; every command is logged.
 
@@ -649,7 +655,7 @@ class Simulation:
             new = f"n{self._next_id}"
             self._next_id += 1
             c.add_node(new)  # starts empty; catches up once added
-            c.propose_conf_change(lead, ConfChange(ConfChangeType.ADD_NODE, new))
+            c.propose_conf_change(lead, ConfChange(ConfChangeType.ADD_NODE, new, sim_address(new)))
 
     # -- one virtual tick ----------------------------------------------------
 
