@@ -135,9 +135,12 @@ def test_the_checker_catches_a_planted_bug(tmp_path):
         "--faults",
         "kill-leader,isolate-leader",
         "--duration",
-        "25",
+        "30",
         "--seed",
         "2",
     )
     assert done.returncode == 1, done.stdout + done.stderr[-5000:]
-    assert "overlap" in {v["kind"] for v in report["violations"]}, report
+    # Early expiry shows as two holders at once, or as a read that misses the
+    # holder whose hold spans it; which of them a run meets depends on timing.
+    kinds = {v["kind"] for v in report["violations"]}
+    assert kinds & {"overlap", "stale-read"}, report
