@@ -134,6 +134,12 @@ def test_the_checker_catches_a_planted_bug(tmp_path):
         "skip-refresh",
         "--faults",
         "kill-leader,isolate-leader",
+        # Everyone contends for one election, so every leader change finds a
+        # holder to expire early and a candidate waiting to be granted it.
+        "--clients",
+        "6",
+        "--elections",
+        "1",
         "--duration",
         "30",
         "--seed",
