@@ -22,10 +22,11 @@ never cut.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -51,6 +52,15 @@ class Links:
     def delay(self, src: str, dst: str, seconds: float) -> None:
         self._delay[(src, dst)] = seconds
         self._notify()
+
+    @contextlib.contextmanager
+    def tracking(self, link: Link, scope: trio.CancelScope) -> Iterator[None]:
+        """``scope`` carries a connection of ``link`` until the block ends (for :meth:`reset`)."""
+        self._connections[link].add(scope)
+        try:
+            yield
+        finally:
+            self._connections[link].discard(scope)
 
     async def reset(self, src: str, dst: str) -> None:
         for scope in list(self._connections[(src, dst)]):
@@ -125,7 +135,6 @@ class InboundProxy:
         self.links = links
         self.pids = pids
         self.port = 0
-        self.forwarded = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -138,8 +147,7 @@ class InboundProxy:
         src = owner(self.pids(), source_port, self.port) or "outside"
         link = (src, self.name)
         async with downstream, trio.open_nursery() as nursery:
-            self.links._connections[link].add(nursery.cancel_scope)
-            try:
+            with self.links.tracking(link, nursery.cancel_scope):
                 await self.links.wait_up(link)
                 try:
                     upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
@@ -149,8 +157,6 @@ class InboundProxy:
                     nursery.start_soon(self._pump, link, downstream, upstream, nursery.cancel_scope)
                     nursery.start_soon(self._pump, link, upstream, downstream, nursery.cancel_scope)
                     await trio.sleep_forever()
-            finally:
-                self.links._connections[link].discard(nursery.cancel_scope)
 
     async def _pump(
         self, link: Link, source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope
@@ -173,7 +179,6 @@ class InboundProxy:
                     if delay > 0 and math.isfinite(delay):
                         await trio.sleep_until(arrived + delay)
                     await sink.send_all(data)
-                    self.forwarded += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 

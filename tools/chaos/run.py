@@ -10,6 +10,7 @@ finish, and the history and the members' applied states are checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,6 @@ class Harness:
         self.slots = [f"n{i}" for i in range(1, options.nodes + 1)]
         #: slot -> the id of the member in it now (a new id after a membership change).
         self.member = {slot: slot for slot in self.slots}
-        self.proxies: dict[str, InboundProxy] = {}
         self.paused: set[str] = set()
         self.clients: dict[str, trio.Process] = {}
         self.faults: list[Fault] = []
@@ -152,7 +152,6 @@ class Harness:
             node = self.cluster.add(slot, fixed_address=True)
             proxy = InboundProxy(slot, _port(node.peer_address), self.links, self.pids)
             node.advertise = f"127.0.0.1:{await nursery.start(proxy.serve)}"
-            self.proxies[slot] = proxy
         leader, term = await self.cluster.start(self.options.nodes)
         progress(f"{self.options.nodes} nodes serve; Raft leader {leader} in term {term}")
 
@@ -204,27 +203,32 @@ class Harness:
             await getattr(self, "_" + kind.replace("-", "_"))()
             await trio.sleep(self.rng.uniform(0.5, 2.0))
 
+    @contextlib.contextmanager
+    def _fault(self, kind: str, target: str, says: str) -> Iterator[None]:
+        """Record one fault, from now until the block ends, and say it."""
+        fault = Fault(kind, target, time.monotonic())
+        self.faults.append(fault)
+        progress(says)
+        try:
+            yield
+        finally:
+            fault.end = time.monotonic()
+
     async def _during(
         self, kind: str, target: str, seconds: float, heal: Callable[[], Any]
     ) -> None:
-        fault = Fault(kind, target, time.monotonic())
-        self.faults.append(fault)
-        progress(f"{kind} {target} for {seconds:.1f} s")
-        try:
-            await trio.sleep(seconds)
-        finally:
-            heal()
-            fault.end = time.monotonic()
+        with self._fault(kind, target, f"{kind} {target} for {seconds:.1f} s"):
+            try:
+                await trio.sleep(seconds)
+            finally:
+                heal()
 
     async def _kill_slot(self, slot: str, kind: str) -> None:
-        fault = Fault(kind, slot, time.monotonic())
-        self.faults.append(fault)
         down = self.rng.uniform(0.3, 3.0)
-        progress(f"{kind} {slot} (SIGKILL), restart after {down:.1f} s")
-        await self.kill(self.member[slot])
-        await trio.sleep(down)
-        await self.cluster.restart(self.member[slot])
-        fault.end = time.monotonic()
+        with self._fault(kind, slot, f"{kind} {slot} (SIGKILL), restart after {down:.1f} s"):
+            await self.kill(self.member[slot])
+            await trio.sleep(down)
+            await self.cluster.restart(self.member[slot])
 
     async def _kill(self) -> None:
         await self._kill_slot(self.rng.choice(self.running()), "kill")
@@ -323,28 +327,24 @@ class Harness:
         await self._during("delay", " ".join(delayed) or "none", self._span(), self.links.heal)
 
     async def _drop(self) -> None:
-        fault = Fault("drop", "random links", time.monotonic())
-        self.faults.append(fault)
-        progress("drop: connections of random links reset for a few seconds")
-        until = time.monotonic() + self.rng.uniform(2, 5)
-        while time.monotonic() < until:
-            src, dst = self.rng.sample(self.slots, 2)
-            await self.links.reset(src, dst)
-            await trio.sleep(self.rng.uniform(0.05, 0.5))
-        fault.end = time.monotonic()
+        says = "drop: connections of random links reset for a few seconds"
+        with self._fault("drop", "random links", says):
+            until = time.monotonic() + self.rng.uniform(2, 5)
+            while time.monotonic() < until:
+                src, dst = self.rng.sample(self.slots, 2)
+                await self.links.reset(src, dst)
+                await trio.sleep(self.rng.uniform(0.05, 0.5))
 
     async def _crash_all(self) -> None:
-        fault = Fault("crash-all", "every node", time.monotonic())
-        self.faults.append(fault)
-        progress("crash-all: SIGKILL every node, then start them all again")
-        for slot in self.slots:
-            if self.node(slot).running:
-                await self.kill(self.member[slot])
-        await trio.sleep(self.rng.uniform(0.2, 2.0))
-        async with trio.open_nursery() as nursery:
+        says = "crash-all: SIGKILL every node, then start them all again"
+        with self._fault("crash-all", "every node", says):
             for slot in self.slots:
-                nursery.start_soon(self.cluster.restart, self.member[slot])
-        fault.end = time.monotonic()
+                if self.node(slot).running:
+                    await self.kill(self.member[slot])
+            await trio.sleep(self.rng.uniform(0.2, 2.0))
+            async with trio.open_nursery() as nursery:
+                for slot in self.slots:
+                    nursery.start_soon(self.cluster.restart, self.member[slot])
 
     async def _membership(self) -> None:
         """Remove a follower, then add it back under a new id with an empty data dir."""
@@ -355,10 +355,8 @@ class Harness:
         slot = self.rng.choice(followers)
         old = self.node(slot)
         new_id = f"{slot}.{next(self.generation)}"
-        fault = Fault("membership", f"{old.id} -> {new_id}", time.monotonic())
-        self.faults.append(fault)
-        progress(f"membership: remove {old.id}, add it back as {new_id}")
-        try:
+        says = f"membership: remove {old.id}, add it back as {new_id}"
+        with self._fault("membership", f"{old.id} -> {new_id}", says):
             self.expected_exits.add(old.process.pid)
             try:
                 await self._admin(slot, "MemberRemove", cpb.MemberRemoveRequest(id=old.id))
@@ -376,8 +374,6 @@ class Harness:
             self.member[slot] = new_id
             through = self.node(next(s for s in self.slots if s != slot)).advertise
             await self.cluster.spawn(new_id, "--join", through)
-        finally:
-            fault.end = time.monotonic()
 
     async def _admin(self, avoid: str, method: str, request: Any) -> Any:
         """A Cluster call on the peer port of any member but ``avoid``, with the
