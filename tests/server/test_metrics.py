@@ -18,7 +18,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_election._bridge import GRPCError, Status
+from trio_election._bridge import Channel, GRPCError, Status
+from trio_election._generated.v1 import election_grpc, election_pb2 as pb
+from trio_election.server._auth import Tokens
 from trio_election.server._security import PeerAuth
 from trio_election.testing import METRICS_LINE, MetricSamples, http_get, scrape_metrics
 
@@ -86,6 +88,44 @@ async def test_each_call_is_counted_once_by_rpc_and_status(
     assert again.get("trio_election_leadership_changes_total", cause="released") == 1
     assert again.get("trio_election_elections_held") == 0
     assert again.get("trio_election_storage_fsync_seconds_count", file="leases.db") == 2
+
+
+async def test_calls_refused_for_their_token_are_counted_by_status(
+    start_node: StartNode, caplog: pytest.LogCaptureFixture, tmp_path: Path
+):
+    token = "t" * 32
+    (tmp_path / "tokens").write_text(f"{token} jobs/\n")
+    node = await start_node(
+        data_dir=None, metrics_listen=METRICS, tokens=Tokens(tmp_path / "tokens")
+    )
+    port = metrics_port(caplog)
+    request = pb.TryBecomeLeaderRequest(election="jobs/a", node_id="w", ttl_ms=5_000)
+    for presented, status in [(None, Status.UNAUTHENTICATED), ("w" * 32, Status.UNAUTHENTICATED)]:
+        channel = token_channel(node.port, presented)
+        try:
+            with pytest.raises(GRPCError) as refused:
+                await channel.unary(channel.stub.TryBecomeLeader, request, 5)
+            assert refused.value.status is status
+        finally:
+            channel.close()
+    channel = token_channel(node.port, token)
+    try:
+        assert (await channel.unary(channel.stub.TryBecomeLeader, request, 5)).success
+    finally:
+        channel.close()
+
+    metrics = await scrape_metrics(port)
+    assert metrics.by("trio_election_requests_total", "rpc", "code") == {
+        ("TryBecomeLeader", "UNAUTHENTICATED"): 2,
+        ("TryBecomeLeader", "OK"): 1,
+    }
+    # A refused call never ran: it has no duration.
+    assert metrics.get("trio_election_request_duration_seconds_count", rpc="TryBecomeLeader") == 1
+
+
+def token_channel(port: int, token: str | None) -> Channel:
+    metadata = None if token is None else {"authorization": f"Bearer {token}"}
+    return Channel("127.0.0.1", port, election_grpc.LeaderElectionStub, metadata=metadata)
 
 
 async def test_gauges_show_campaigners_watchers_and_expiries_at_the_scrape(

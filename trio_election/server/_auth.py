@@ -183,6 +183,9 @@ class Guard:
 
     def __init__(self, tokens: Tokens | None) -> None:
         self.tokens = tokens
+        #: Told ``(rpc, status code name)`` of each call refused before its
+        #: handler ran (metrics; a handler's own refusals it reports itself).
+        self.on_refused: Callable[[str, str], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -198,6 +201,14 @@ class Guard:
 
     def authorize(self, method: str, metadata: Mapping[str, str], peer: CallPeer) -> None:
         """Check a call's token on its headers (the bridge's ``authorize`` hook)."""
+        try:
+            self._authorize(method, metadata)
+        except GRPCError as exc:
+            if self.on_refused is not None:
+                self.on_refused(method.rpartition("/")[2], exc.status.name)
+            raise
+
+    def _authorize(self, method: str, metadata: Mapping[str, str]) -> None:
         if method.startswith(_HEALTH):
             return
         if self.tokens is None:

@@ -8,9 +8,10 @@ indexes and each peer's progress) or a count it keeps as a plain integer
 thread that owns them, so the node does no metrics work per operation for
 those. Only what needs a distribution is recorded as it happens: each client
 call's status and duration (the service's one handler wrapper calls
-:meth:`Metrics.call_ended`) and each fsynced storage write (the store calls
-the function :meth:`Metrics.storage_writes` returns, from its worker
-thread; prometheus-client's values are thread-safe).
+:meth:`Metrics.call_ended`; the token check calls :meth:`Metrics.call_refused`
+for a call it refuses before any handler) and each fsynced storage write (the
+store calls the function :meth:`Metrics.storage_writes` returns, from its
+worker thread; prometheus-client's values are thread-safe).
 
 Each node has its own ``CollectorRegistry``, never the process-wide one, so
 several nodes in one process (the tests) do not collide. ``_metrics_http``
@@ -74,6 +75,7 @@ def instrument(config: NodeConfig, node: Any, service: Any) -> Metrics | None:
         return None
     metrics = Metrics()
     service.on_call = metrics.call_ended
+    service.guard.on_refused = metrics.call_refused
     node.on_write = metrics.storage_writes("raft.db" if config.clustered else "leases.db")
     metrics.watch(node, service)
     return metrics
@@ -123,6 +125,11 @@ class Metrics:
         if observe is None:
             observe = self._durations[rpc] = self._latency.labels(rpc).observe
         observe(seconds)
+
+    def call_refused(self, rpc: str, code: str) -> None:
+        """Count one call of ``rpc`` refused with ``code`` before it was handled
+        (a missing or wrong token): it has no duration worth a histogram."""
+        self._requests.labels(rpc, code).inc()
 
     def storage_writes(self, file: str) -> Callable[[float], None]:
         """What the store of ``file`` calls with each fsynced write's duration."""
