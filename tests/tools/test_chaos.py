@@ -8,12 +8,15 @@ becoming Raft leader must find the overlap that bug causes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tools.chaos import history
+import pytest
+
+from tools.chaos import client, history
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +111,13 @@ def test_a_client_that_died_holding_holds_until_its_last_deadline(tmp_path):
     assert [(h.end, h.how) for h in seen.holds] == [(3.0, "unfinished")]
 
 
+def test_hold_spans_are_low_high_in_ttls():
+    assert client.span("1.5-4") == (1.5, 4.0)
+    for bad in ("4", "4-1.5", "a-b", "-1-2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            client.span(bad)
+
+
 def chaos(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
     report = tmp_path / "report.json"
     command = [sys.executable, "-m", "tools.chaos", "--json", str(report)]
@@ -134,12 +144,16 @@ def test_the_checker_catches_a_planted_bug(tmp_path):
         "skip-refresh",
         "--faults",
         "kill-leader,isolate-leader",
-        # Everyone contends for one election, so every leader change finds a
-        # holder to expire early and a candidate waiting to be granted it.
+        # Everyone contends for one election and holds it for 1.5-4 TTLs, so
+        # nearly every leader change finds a holder whose last logged renewal
+        # is over a TTL old (the bug expires it) and a candidate waiting to
+        # be granted it. With holds of 0.1-3 TTLs, one run in five met none.
         "--clients",
         "6",
         "--elections",
         "1",
+        "--hold",
+        "1.5-4",
         "--duration",
         "30",
         "--seed",

@@ -14,7 +14,8 @@ and reports availability. Exit status: 0 clean, 1 a violation or a problem,
 130 interrupted. Nothing it started outlives it.
 
 ``--plant-bug skip-refresh`` runs nodes with a known bug, to show that the
-checker fails a broken cluster.
+checker fails a broken cluster; ``--hold LOW-HIGH`` sets how long a holder's
+body works, in TTLs (longer holds meet that bug more often).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from .client import span
 from .node import BUGS
 from .run import FAULTS, Options, as_dict, progress, run
 
@@ -43,6 +45,13 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--clients", type=int, default=4, help="client processes (4)")
     parser.add_argument("--elections", type=int, default=3, help="elections they contend for (3)")
     parser.add_argument("--ttl", type=float, default=2.0, help="the clients' TTL in seconds (2)")
+    parser.add_argument(
+        "--hold",
+        type=span,
+        default=(0.1, 3.0),
+        metavar="LOW-HIGH",
+        help="how long a holder works, in TTLs (0.1-3)",
+    )
     parser.add_argument(
         "--faults",
         help=f"comma-separated kinds to inject (default all: {','.join(FAULTS)})",
@@ -63,6 +72,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         clients=args.clients,
         elections=args.elections,
         ttl=args.ttl,
+        hold=args.hold,
         plant=args.plant_bug,
         faults=faults,
         root=args.dir,

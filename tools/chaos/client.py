@@ -52,9 +52,16 @@ class Log:
         self.out.flush()
 
 
-async def hold(client: Client, log: Log, rng: random.Random, election: str, ttl: float) -> None:
-    """Campaign (giving up after a while), hold for a while, release."""
-    work = rng.uniform(0.2, 3 * ttl)
+async def hold(
+    client: Client,
+    log: Log,
+    rng: random.Random,
+    election: str,
+    ttl: float,
+    work: tuple[float, float],
+) -> None:
+    """Campaign (giving up after a while), hold for ``work`` TTLs, release."""
+    work_s = rng.uniform(work[0] * ttl, work[1] * ttl)
     with trio.move_on_after(rng.uniform(1, 4 * ttl)) as waiting:
         try:
             async with client.leadership(election, node_id=log.name, ttl=ttl) as lead:
@@ -64,7 +71,7 @@ async def hold(client: Client, log: Log, rng: random.Random, election: str, ttl:
                 log.write("hold", start=time.monotonic(), deadline=log.mono(lead.deadline), **where)
                 ending: float | None = None
                 try:
-                    until = trio.current_time() + work
+                    until = trio.current_time() + work_s
                     while trio.current_time() < until:
                         await trio.sleep(TICK)
                         log.write("tick", deadline=log.mono(lead.deadline), **where)
@@ -117,9 +124,21 @@ async def run(args: argparse.Namespace) -> None:
                     for _ in range(rng.randint(3, 12)):
                         election = rng.choice(elections)
                         if rng.random() < 0.7:
-                            await hold(client, log, rng, election, args.ttl)
+                            await hold(client, log, rng, election, args.ttl, args.hold)
                         else:
                             await read(client, log, election)
+
+
+def span(text: str) -> tuple[float, float]:
+    """``LOW-HIGH``, in TTLs: how long a holder's body works."""
+    low, _, high = text.partition("-")
+    try:
+        bounds = float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LOW-HIGH, e.g. 0.1-3") from None
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LOW <= HIGH")
+    return bounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="chaos/")
     parser.add_argument("--ttl", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--hold", type=span, default=(0.1, 3.0))
     args = parser.parse_args(argv)
     exit_with_parent()
     trio.run(run, args)

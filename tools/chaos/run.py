@@ -77,6 +77,7 @@ class Options:
     clients: int = 4
     elections: int = 3
     ttl: float = 2.0
+    hold: tuple[float, float] = (0.1, 3.0)  # how long a holder works, in TTLs
     tick: float = 0.05
     plant: str | None = None
     faults: tuple[str, ...] = tuple(FAULTS)
@@ -422,6 +423,7 @@ class Harness:
             command += ["--endpoints", endpoints, "--out", str(self.root / f"{name}.jsonl")]
             command += ["--seed", str(self.options.seed * 1000 + i), "--duration", f"{seconds}"]
             command += ["--elections", str(self.options.elections), "--ttl", str(self.options.ttl)]
+            command += ["--hold", "-".join(map(str, self.options.hold))]
             log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child's
             self.clients[name] = await trio.lowlevel.open_process(
                 command,
