@@ -7,10 +7,11 @@ UNAUTHENTICATED whatever it carries; and with the cluster key, as a member
 could, so that the input reaches what decodes it: RaftBatch fields, Raft
 messages in the core's encoding (well formed with any values, spoilt, or
 any bytes), forwarded renewals, membership changes. It also calls the Cluster
-service on the client port, without an admin token. Each call must end with
-OK or a status the node sends on purpose (tests/server/_fuzz.py), and
-afterwards the cluster agrees on a leader, serves a fresh client on every
-node, and no node has logged a traceback.
+service on the client port, without an admin token, and the client API
+through a follower (a Campaign it gives up on must leave the leader's queue).
+Each call must end with OK or a status the node sends on purpose
+(tests/server/_fuzz.py), and afterwards the cluster agrees on a leader,
+serves a fresh client on every node, and no node has logged a traceback.
 """
 
 from __future__ import annotations
@@ -63,9 +64,12 @@ pytestmark = pytest.mark.cluster
 RAFT = rpcs(pb.DESCRIPTOR.services_by_name["RaftTransport"])
 CLUSTER = rpcs(pb.DESCRIPTOR.services_by_name["Cluster"])
 LEADER_ELECTION = rpcs(epb.DESCRIPTOR.services_by_name["LeaderElection"])
-#: Calls that may rightly wait for ever; the fuzzer tells a waiting call from a
-#: lost one only in its own process (tests/server/test_fuzz.py has them).
+#: Calls that may rightly wait for ever; the fuzzer cannot see when a node in
+#: another process is done with one, so it waits PATIENCE for a first reply.
 OPEN_ENDED = frozenset({"Campaign", "Watch"})
+PATIENCE = 0.1
+#: An election the follower fuzz finds held, so that Campaigns for it wait.
+HELD = "fuzz-held"
 MEMBERS = ("n1", "n2", "n3")
 
 #: Examples per method and kind of input.
@@ -106,9 +110,12 @@ async def run_fuzz(
     regressions: Iterable[Any] = (),
 ) -> None:
     """Fuzz ``rpc``; ``await after(requests, answer)`` follows each call."""
+    open_ended = rpc.name in OPEN_ENDED
 
     async def check(requests: list[Any]) -> None:
-        answer: Answer = await client.call(rpc, requests)
+        answer: Answer = await client.call(
+            rpc, requests, open_ended=open_ended, patience=PATIENCE if open_ended else None
+        )
         check_status(rpc, answer, allowed)
         if after is not None:
             await after(requests, answer)
@@ -375,17 +382,62 @@ async def test_cluster_calls_on_the_client_port_without_an_admin_token(cluster: 
 
 async def test_client_calls_on_a_follower_get_a_clean_status(cluster: Cluster):
     """The client API through a follower, which forwards writes and renewals to
-    the Raft leader and asks it for reads: the leader checks them again."""
+    the Raft leader and asks it for reads: the leader checks them again. A
+    Campaign waiting there is cancelled (the follower withdraws it from the
+    leader's queue); a Watch resumes from any revision."""
     leader, _ = await cluster.start(3)
     follower = next(i for i in MEMBERS if i != leader)
     allowed = frozenset({Status.INVALID_ARGUMENT, Status.RESOURCE_EXHAUSTED, Status.UNAVAILABLE})
+    also = {"Watch": {Status.OUT_OF_RANGE}, "Campaign": {Status.ABORTED}}
+    # Most generated requests are refused at once; these reach the waiting:
+    # a Campaign queued behind a holder, a Watch of an election that changes.
+    channel = cluster.election_channel(leader)
+    try:
+        held = epb.TryBecomeLeaderRequest(election=HELD, node_id="holder", ttl_ms=60_000)
+        assert (await channel.unary(channel.stub.TryBecomeLeader, held, 10)).success
+    finally:
+        channel.close()
+    plausible = {
+        "election": st.sampled_from([HELD, "fuzz-free"]),
+        "node_id": st.sampled_from(["holder", "w1", "w2"]),
+        "ttl_ms": st.integers(1_000, 60_000),
+        "start_revision": st.integers(0, 50),
+    }
     with contextlib.closing(FuzzClient(*_endpoint(cluster.nodes[follower].address))) as client:
         for name, rpc in sorted(LEADER_ELECTION.items()):
+            inputs = [messages(rpc.request), raw_bodies(rpc.request)]
             if name in OPEN_ENDED:
-                continue
-            for requests in (messages(rpc.request), raw_bodies(rpc.request)):
-                await run_fuzz(client, rpc, calls(rpc, requests), allowed, max_examples=40)
+                fields = {
+                    f.name: plausible[f.name] for f in rpc.request.fields if f.name in plausible
+                }
+                inputs.append(messages(rpc.request, fields=fields))
+            for requests in inputs:
+                await run_fuzz(
+                    client,
+                    rpc,
+                    calls(rpc, requests),
+                    allowed | also.get(name, set()),
+                    max_examples=40,
+                )
     await assert_cluster_serves(cluster)
+    # Every Campaign the fuzzer gave up on was withdrawn: released, the held
+    # election goes to nobody, not to a candidate that is no longer there.
+    channel = cluster.election_channel(leader)
+    try:
+        current = await channel.unary(
+            channel.stub.GetCurrentLeader, epb.GetCurrentLeaderRequest(election=HELD), 10
+        )
+        assert current.has_leader and current.leader.node_id == "holder", current
+        release = epb.ReleaseLeadershipRequest(
+            election=HELD, node_id="holder", fencing_token=current.leader.fencing_token
+        )
+        assert (await channel.unary(channel.stub.ReleaseLeadership, release, 10)).released
+        after = await channel.unary(
+            channel.stub.GetCurrentLeader, epb.GetCurrentLeaderRequest(election=HELD), 10
+        )
+        assert not after.has_leader, f"a withdrawn Campaign was granted: {after}"
+    finally:
+        channel.close()
 
 
 def _removes_a_ghost(request: Any) -> bool:

@@ -367,6 +367,7 @@ class FuzzClient:
         requests: Sequence[Message | bytes],
         *,
         open_ended: bool = False,
+        patience: float | None = None,
     ) -> Answer:
         """Send ``requests`` (one for a unary request) and read the answer.
 
@@ -374,6 +375,10 @@ class FuzzClient:
             open_ended: The call may rightly wait for ever (Campaign, Watch): take
                 its first reply, or none if the node has done all it could with
                 the call (``trio.testing.wait_all_tasks_blocked``), then cancel it.
+            patience: For a node in another process, where this process cannot
+                see that it is done: an open-ended call with no reply after this
+                many seconds is taken as waiting. It bounds a wait that may
+                rightly last for ever; no check depends on it.
 
         Raises:
             AssertionError: the call ended without a gRPC status (a reset, a lost
@@ -392,7 +397,10 @@ class FuzzClient:
                     async with trio.open_nursery() as nursery:
 
                         async def give_up() -> None:
-                            await trio.testing.wait_all_tasks_blocked()
+                            if patience is None:
+                                await trio.testing.wait_all_tasks_blocked()
+                            else:
+                                await trio.sleep(patience)
                             answer.pending = True
                             nursery.cancel_scope.cancel()
 
