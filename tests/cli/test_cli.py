@@ -425,6 +425,16 @@ def test_status_watch_prints_each_refresh_after_a_blank_line(endpoint: str, caps
         assert line == f"{endpoint}: a single node (not a cluster member), SERVING"
 
 
+def test_status_of_a_node_in_its_start_up_grace_says_why_it_is_not_serving(capsys) -> None:
+    for endpoint in _serve_in_thread(NodeConfig(port=0, data_dir=None, start_grace=True)):
+        assert main(["status", "--endpoints", endpoint]) == 1
+        out = capsys.readouterr().out
+        assert f"{endpoint}: a single node (not a cluster member), NOT_SERVING" in out
+        assert "start-up grace" in out and "data dir cannot be written" in out
+        assert main(["status", "--endpoints", endpoint, "--json"]) == 1
+        assert json.loads(capsys.readouterr().out)["health"] == "NOT_SERVING"
+
+
 def test_status_watch_goes_on_when_an_endpoint_or_all_of_them_do_not_answer(
     endpoint: str, capsys
 ) -> None:

@@ -210,6 +210,14 @@ async def _watch_status(args: argparse.Namespace) -> int:
         )
 
 
+#: Why a single node says NOT_SERVING; its health check cannot say which.
+NOT_SERVING_HINT = (
+    "it grants nothing now: an --in-memory node waits --max-ttl after it starts (its"
+    " start-up grace), and a node whose data dir cannot be written refuses grants; its log"
+    " says which"
+)
+
+
 async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) -> _Report:
     """``status`` of a single node, which has no cluster: its health."""
     host, port = parse_endpoint(endpoint)
@@ -222,8 +230,11 @@ async def _single_status(endpoint: str, creds: Any, args: argparse.Namespace) ->
         channel.close()
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    text = f"{endpoint}: a single node (not a cluster member), {state}"
+    if not serving:
+        text += f"\n{NOT_SERVING_HINT}"
     return _Report(
-        f"{endpoint}: a single node (not a cluster member), {state}",
+        text,
         {"endpoint": endpoint, "cluster": False, "health": state},
         0 if serving else 1,
     )
