@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 
 from .._errors import ElectionError
 from ..client import _core as core
-from ..client._belief import Belief
-from ..client._types import Leader
 from ._keepalive import KeepAlive
 
 log = logging.getLogger("trio_election.aio")
 
 
 @dataclass(eq=False)
-class Leadership:
+class Leadership(core.Held):
     """A held election, as yielded by ``Client.leadership``.
 
     Attributes:
@@ -40,29 +38,13 @@ class Leadership:
         leader: The grant as the server reported it.
     """
 
-    election: str
-    node_id: str
-    fencing_token: int
-    leader: Leader
-    ttl: float
-    margin: float
-    _lost: str | None = field(default=None, repr=False)
-    _belief: Belief = field(init=False, repr=False)
     _timeout: asyncio.Timeout | None = field(default=None, repr=False)
     _deadline: float = field(default=-math.inf, repr=False)
-
-    def __post_init__(self) -> None:
-        self._belief = Belief(self.ttl, self.margin)
 
     @property
     def deadline(self) -> float:
         """When the client stops (or stopped) trusting its leadership, on the loop's clock."""
         return self._deadline
-
-    @property
-    def lost(self) -> str | None:
-        """Why leadership was lost, or None while it holds."""
-        return self._lost
 
     def _moved(self) -> None:
         """The belief changed: move the body's deadline with it."""
@@ -72,10 +54,7 @@ class Leadership:
             loop = asyncio.get_running_loop()
             self._timeout.reschedule(max(self._belief.deadline, loop.time()))
 
-    def _lose(self, why: str) -> None:
-        if self._lost is None:
-            self._lost = why
-        self._belief.lose()
+    def _stop(self) -> None:
         self._moved()
 
 

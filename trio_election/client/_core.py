@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpclib.const import Status
@@ -358,6 +359,46 @@ class Renewal:
         self.belief.lose()
         holder = reply.leader.node_id if reply.HasField("leader") else "nobody"
         return f"the server says {holder!r} holds {self.election!r} now"
+
+
+@dataclass(eq=False)
+class Held:
+    """What the Trio and asyncio ``Leadership`` share: the grant, the belief
+    rule it is held by, and why it was lost. Each subclass says in
+    :meth:`_stop` how its body is stopped.
+
+    Attributes:
+        election: The election's name.
+        node_id: Our name as its holder.
+        fencing_token: Pass it to every resource the body touches.
+        leader: The grant as the server reported it.
+    """
+
+    election: str
+    node_id: str
+    fencing_token: int
+    leader: Leader
+    ttl: float
+    margin: float
+    _lost: str | None = field(default=None, repr=False)
+    _belief: Belief = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._belief = Belief(self.ttl, self.margin)
+
+    @property
+    def lost(self) -> str | None:
+        """Why leadership was lost, or None while it holds."""
+        return self._lost
+
+    def _lose(self, why: str) -> None:
+        if self._lost is None:
+            self._lost = why
+        self._belief.lose()
+        self._stop()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
 
 
 def lost_error(election: str, why: str | None) -> LeadershipLost:

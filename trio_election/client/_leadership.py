@@ -22,16 +22,14 @@ from dataclasses import dataclass, field
 import trio
 
 from .._errors import ElectionError
-from ._belief import Belief
-from ._core import SILENT, Renewal, lost_error
+from ._core import SILENT, Held, Renewal, lost_error
 from ._keepalive import KeepAlive
-from ._types import Leader
 
 log = logging.getLogger("trio_election.client")
 
 
 @dataclass(eq=False)
-class Leadership:
+class Leadership(Held):
     """A held election, as yielded by ``Client.leadership``.
 
     Attributes:
@@ -41,37 +39,18 @@ class Leadership:
         leader: The grant as the server reported it.
     """
 
-    election: str
-    node_id: str
-    fencing_token: int
-    leader: Leader
-    ttl: float
-    margin: float
     _scope: trio.CancelScope = field(default_factory=trio.CancelScope, repr=False)
-    _lost: str | None = field(default=None, repr=False)
-    _belief: Belief = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._belief = Belief(self.ttl, self.margin)
 
     @property
     def deadline(self) -> float:
         """When the client stops trusting its leadership, on the Trio clock."""
         return self._scope.deadline
 
-    @property
-    def lost(self) -> str | None:
-        """Why leadership was lost, or None while it holds."""
-        return self._lost
-
     def _confirmed(self, send_time: float) -> None:
         """A grant or heartbeat sent at ``send_time`` succeeded."""
         self._scope.deadline = self._belief.confirmed(send_time)
 
-    def _lose(self, why: str) -> None:
-        if self._lost is None:
-            self._lost = why
-        self._belief.lose()
+    def _stop(self) -> None:
         self._scope.cancel()
 
 
