@@ -10,7 +10,6 @@ import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,6 @@ TTL = 2.0
 MARGIN = 0.5
 #: Bound on anything a test waits for.
 WAIT = 20.0
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[int]:
-    with node_process(tmp_path) as port:
-        yield port
 
 
 def run(coroutine: object) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ TTL = 2.0
 MARGIN = 0.5
 #: Bound on anything a test waits for.
 WAIT = 20.0
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[int]:
-    with node_process(tmp_path) as port:
-        yield port
 
 
 def test_the_calls_and_watch_round_trip(node: int) -> None:
